@@ -1,0 +1,247 @@
+"""High-level operations behind the commands: align, find taus, sample, trajectory gap.
+
+Every CLI command is a thin wrapper over one function here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from . import __version__
+from .artifact import (
+    FitInfo,
+    SamplerInfo,
+    TauArtifact,
+    TrajectoryInfo,
+    artifact_key,
+    cache_path,
+    check_artifact_matches,
+    read_artifact,
+    utc_now,
+)
+from .data import load_data
+from .errors import DpmAlignError
+from .fit import FitConfig, Progress, fit_taus
+from .loading import LoadedModel
+from .samplers import PerSampleNoise, StepContext, get_sampler, resolve_eta, run_sampler
+from .schedule import NoiseSchedule
+from .trajectory import make_grid
+
+DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A sampler on a trajectory: what an artifact is fitted for and keyed by."""
+
+    sampler: str
+    eta: float
+    trajectory: str
+    nfe: int
+    grid: tuple[float, ...]
+
+    @classmethod
+    def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int) -> "SamplingPlan":
+        get_sampler(sampler)
+        eta = resolve_eta(sampler, eta)
+        return cls(sampler, eta, trajectory, nfe, tuple(make_grid(trajectory, nfe, schedule)))
+
+    def key(self, model: LoadedModel) -> str:
+        return artifact_key(model.info.sha256, self.sampler, self.eta, self.trajectory, self.nfe)
+
+    def trajectory_info(self, schedule: NoiseSchedule) -> TrajectoryInfo:
+        grid = torch.tensor(self.grid, dtype=torch.float64)
+        return TrajectoryInfo(
+            kind=self.trajectory,
+            nfe=self.nfe,
+            timesteps=list(self.grid),
+            alphas=schedule.alpha(grid).tolist(),
+            sigmas=schedule.sigma(grid).tolist(),
+        )
+
+
+def align(
+    model: LoadedModel,
+    plan: SamplingPlan,
+    config: FitConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    data: str | None = None,
+    progress: Progress | None = None,
+) -> TauArtifact:
+    """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact."""
+    images = load_data(data, model.sample_shape) if data is not None else None
+    result = fit_taus(
+        model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
+        seed=seed, device=device, data=images, progress=progress,
+    )
+    return TauArtifact(
+        dpm_align_version=__version__,
+        created=utc_now(),
+        key=plan.key(model),
+        model=model.info,
+        sampler=SamplerInfo(name=plan.sampler, eta=plan.eta),
+        trajectory=plan.trajectory_info(model.eps.schedule),
+        taus=result.taus,
+        fit=FitInfo(
+            strategy=config.strategy,
+            objective=config.objective,
+            optimizer=config.optimizer,
+            settings=config.model_dump(),
+            num_samples=config.num_samples,
+            iterations=config.iterations,
+            seed=seed,
+            device=str(device),
+            dtype=str(model.eps.dtype).replace("torch.", ""),
+            seconds=round(result.seconds, 3),
+            loss_before=result.loss_before,
+            loss_after=result.loss_after,
+        ),
+    )
+
+
+def resolve_plan(
+    model: LoadedModel,
+    *,
+    sampler: str | None,
+    eta: float | None,
+    trajectory: str | None,
+    nfe: int | None,
+    taus_path: Path | None = None,
+    use_taus: bool = True,
+) -> tuple[SamplingPlan, TauArtifact | None, Path | None]:
+    """The plan to sample with and its artifact: ``taus_path`` if given (its settings fill the
+    options left out, and must agree with those given), else the cache entry for the plan's key.
+    ``use_taus=False`` is the plain sampler."""
+    schedule = model.eps.schedule
+    if taus_path is not None and use_taus:
+        artifact = read_artifact(taus_path)
+        check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=trajectory, nfe=nfe,
+                               eta=None if eta is None else resolve_eta(artifact.sampler.name, eta), path=taus_path)
+        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, artifact.trajectory.kind, artifact.trajectory.nfe)
+        return plan, artifact, Path(taus_path)
+    plan = SamplingPlan.make(schedule, sampler or DEFAULT_SAMPLER, eta, trajectory or DEFAULT_TRAJECTORY, nfe or DEFAULT_NFE)
+    if not use_taus:
+        return plan, None, None
+    path = cache_path(plan.key(model))
+    if not path.is_file():
+        raise DpmAlignError(
+            f"no taus in the cache for {plan.key(model)} ({path}); run `dpm-align align` with the same "
+            "--model/--sampler/--trajectory/--nfe, pass --taus FILE, or use --no-taus for the plain sampler"
+        )
+    artifact = read_artifact(path)
+    check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
+                           trajectory=plan.trajectory, nfe=plan.nfe, path=path)
+    return plan, artifact, path
+
+
+def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], device) -> PerSampleNoise:
+    """Per-sample noise streams: x_T and every later draw of sample k depend on (seed, k) only."""
+    return PerSampleNoise(seed, indices, shape, device)
+
+
+def generate(
+    model: LoadedModel,
+    plan: SamplingPlan,
+    taus: Sequence[float] | None,
+    *,
+    num_samples: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    start_index: int = 0,
+    progress: Progress | None = None,
+):
+    """Yield (first_index, batch of samples in [-1, 1]) for samples start_index.. start_index+n-1."""
+    batches = math.ceil(num_samples / batch_size)
+    for b in range(batches):
+        lo = start_index + b * batch_size
+        hi = min(start_index + num_samples, lo + batch_size)
+        noise = initial_noise(seed, range(lo, hi), model.sample_shape, device)
+        x = noise()
+        with torch.no_grad():
+            out = run_sampler(plan.sampler, model.eps, x, plan.grid, taus,
+                              StepContext(model.eps.schedule, plan.eta, noise))
+        if progress:
+            progress(b + 1, batches, f"batch {b + 1}/{batches}")
+        yield lo, out
+
+
+class GapReport(BaseModel):
+    """Fig. 2: per grid point, mean L2 between the few-step sampler's state and a high-NFE
+    deterministic reference trajectory (DDIM, eta=0) from the same x_T."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_sha256: str
+    key: str
+    sampler: str
+    eta: float
+    trajectory: str
+    nfe: int
+    num_samples: int
+    seed: int
+    reference: str
+    reference_nfe: int
+    timesteps: list[float]
+    taus: list[float]
+    gap_baseline: list[float]
+    gap_aligned: list[float]
+    end_gap_baseline: float
+    end_gap_aligned: float
+    end_gap_ratio: float
+
+
+def reference_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float], int]:
+    """Subdivide every interval of ``grid`` so the reference passes through all its points."""
+    per = max(1, math.ceil(reference_nfe / (len(grid) - 1)))
+    fine = [grid[0]]
+    for t, s in zip(grid[:-1], grid[1:]):
+        fine.extend(t + (s - t) * (k / per) for k in range(1, per + 1))
+    return fine, per
+
+
+def trajectory_gap(
+    model: LoadedModel,
+    plan: SamplingPlan,
+    taus: Sequence[float],
+    *,
+    num_samples: int = 64,
+    batch_size: int = 64,
+    reference_nfe: int = 1000,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> GapReport:
+    fine, per = reference_grid(plan.grid, reference_nfe)
+    sums = {"baseline": torch.zeros(len(plan.grid), dtype=torch.float64), "aligned": torch.zeros(len(plan.grid), dtype=torch.float64)}
+    batches = math.ceil(num_samples / batch_size)
+    schedule = model.eps.schedule
+    for b in range(batches):
+        idx = range(b * batch_size, min(num_samples, (b + 1) * batch_size))
+        with torch.no_grad():
+            x_T = initial_noise(seed, idx, model.sample_shape, device)()
+            ref = run_sampler("ddim", model.eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]
+            for name, tau in (("baseline", None), ("aligned", taus)):
+                noise = initial_noise(seed + 1, idx, model.sample_shape, device)
+                states = run_sampler(plan.sampler, model.eps, x_T, plan.grid, tau, StepContext(schedule, plan.eta, noise), record=True)
+                sums[name] += torch.stack([(a - r).flatten(1).norm(dim=1).sum().cpu() for a, r in zip(states, ref)])
+        if progress:
+            progress(b + 1, batches, f"batch {b + 1}/{batches}")
+    base = (sums["baseline"] / num_samples).tolist()
+    aligned = (sums["aligned"] / num_samples).tolist()
+    return GapReport(
+        model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
+        trajectory=plan.trajectory, nfe=plan.nfe, num_samples=num_samples, seed=seed,
+        reference="ddim eta=0, every interval subdivided", reference_nfe=per * plan.nfe,
+        timesteps=list(plan.grid), taus=list(taus), gap_baseline=base, gap_aligned=aligned,
+        end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
+        end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
+    )

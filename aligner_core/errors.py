@@ -1,0 +1,17 @@
+"""Errors with a user-facing one-line message and an exit code.
+
+Every error the tool expects (bad input, missing files, mismatched artifacts) is raised as one
+of these; the CLI prints ``error: <message>`` on stderr and exits with ``exit_code``.
+"""
+
+
+class DpmAlignError(Exception):
+    """A runtime failure the user can fix (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(DpmAlignError):
+    """Invalid arguments or input files (exit code 2)."""
+
+    exit_code = 2

@@ -1,0 +1,276 @@
+"""Fitting the aligned timesteps tau_i (Sec. 3.3 and 3.5, Algorithm 1, Eq. 5 and Eq. 8).
+
+Two strategies:
+- ``sequential`` (Algorithm 1): for i = K..1, x~_{t_i} comes from running the *aligned* sampler
+  from x_T ~ N(0, I) through the already fitted tau_K..tau_{i+1}; no data set is needed
+  (x_T = alpha_T x_0 + sigma_T eps is pure noise up to alpha_T).
+- ``parallel`` (Eq. 8): x_{t_i} = alpha_{t_i} x_0 + sigma_{t_i} eps from real data, every step
+  independent of the others.
+
+Objectives and optimizers are pluggable (``OBJECTIVES``, ``OPTIMIZERS``); a ``FitConfig`` names
+them, and ``PRESETS`` holds named configurations. ``official`` reproduces the paper's code:
+tau = r * t with r initialised at 1, Adam lr 2e-3, 500 iterations per step with fresh noise
+each iteration, the final step (to t_0) left untuned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import UsageError
+from .samplers import EpsFn, StepContext, get_sampler
+from .schedule import NoiseSchedule
+
+Progress = Callable[[int, int, str], None]
+
+
+class FitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["sequential", "parallel"] = "sequential"
+    objective: str = "paper"
+    optimizer: str = "golden"
+    lr: float = Field(2e-3, description="adam: learning rate of r in tau = r * t")
+    iterations: int = Field(10, ge=1, description="per step: adam steps, or golden-section loss evaluations")
+    batch_size: int = Field(64, ge=1, description="network batch; adam minibatch")
+    num_samples: int = Field(64, ge=1, description="trajectories (sequential) or data images (parallel) per step")
+    fresh_noise: bool = Field(False, description="draw new x_T / x_0 every adam iteration (Algorithm 1 lines 3-5)")
+    tune_last_step: bool = Field(False, description="also fit the final step to t_0")
+    window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
+
+
+PRESETS: dict[str, FitConfig] = {
+    # Fast and deterministic: derivative-free golden-section search of Eq. 5 on a fixed sample.
+    "default": FitConfig(),
+    # The official implementation's settings (see module docstring).
+    "official": FitConfig(optimizer="adam", lr=2e-3, iterations=500, batch_size=64, fresh_noise=True),
+}
+
+
+def resolve_config(preset: str, strategy: str | None = None, **overrides) -> FitConfig:
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = PRESETS[preset].model_dump()
+    if strategy is not None:
+        values["strategy"] = strategy
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if values["strategy"] not in ("sequential", "parallel"):
+        raise UsageError(f"unknown strategy {values['strategy']!r}; choose sequential or parallel")
+    if values["objective"] not in OBJECTIVES:
+        raise UsageError(f"unknown objective {values['objective']!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if values["optimizer"] not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    try:
+        return FitConfig(**values)
+    except ValueError as exc:
+        raise UsageError(f"invalid fit settings: {str(exc).splitlines()[-1].strip()}") from None
+
+
+# ---------------------------------------------------------------- objectives
+@dataclass(frozen=True)
+class Objective:
+    """``target(eps, x_t, t)`` is computed once per sample (no tau in it); ``loss(eps, x_s, s,
+    target)`` returns one loss per sample for the state x_s reached with a candidate tau."""
+
+    target: Callable[[EpsFn, torch.Tensor, float], torch.Tensor]
+    loss: Callable[[EpsFn, torch.Tensor, float, torch.Tensor], torch.Tensor]
+
+
+def _paper_target(eps: EpsFn, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    return eps(x_t, t)
+
+
+def _paper_loss(eps: EpsFn, x_s: torch.Tensor, s: float, target: torch.Tensor) -> torch.Tensor:
+    # Eq. 5 / Eq. 8: || eps(f(x_t, tau), t_{i-1}) - eps(x_t, t_i) ||^2 (mean over dimensions).
+    return (eps(x_s, s) - target).square().flatten(1).mean(1)
+
+
+OBJECTIVES: dict[str, Objective] = {"paper": Objective(_paper_target, _paper_loss)}
+
+
+# ---------------------------------------------------------------- the per-step problem
+@dataclass
+class StepProblem:
+    """Everything needed to evaluate the objective of one step as a function of its tau."""
+
+    eps: EpsFn
+    step: Callable[..., torch.Tensor]
+    objective: Objective
+    schedule: NoiseSchedule
+    eta: float
+    t: float
+    s: float
+    batch_size: int
+
+    def advance(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """One aligned step x_t -> x_s (Eq. 4) with the given step noise (used when eta > 0)."""
+        ctx = StepContext(self.schedule, self.eta, (lambda: noise) if noise is not None else None)
+        return self.step(self.eps, x_t, self.t, self.s, [tau], ctx)
+
+    def losses(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        return self.objective.loss(self.eps, self.advance(tau, x_t, noise), self.s, target)
+
+    def mean_loss(self, tau: float, pool: "Pool") -> float:
+        """Mean objective over the whole pool, evaluated in batches, without gradients."""
+        total = 0.0
+        with torch.no_grad():
+            for x_t, noise, target in pool.batches(self.batch_size):
+                total += float(self.losses(tau, x_t, noise, target).sum())
+        return total / pool.size
+
+
+@dataclass
+class Pool:
+    x_t: torch.Tensor
+    noise: torch.Tensor | None
+    target: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.x_t.shape[0]
+
+    def batches(self, batch_size: int):
+        for i in range(0, self.size, batch_size):
+            sl = slice(i, i + batch_size)
+            yield self.x_t[sl], None if self.noise is None else self.noise[sl], self.target[sl]
+
+
+BatchSource = Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+# ---------------------------------------------------------------- optimizers
+def golden_search(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
+    """Golden-section search of the pool-mean objective over tau in t +- window * (t - s).
+
+    Deterministic (fixed pool, no gradients); keeps tau = t unless a better value is found.
+    """
+    t, s = problem.t, problem.s
+    lo, hi = max(0.0, t - config.window * (t - s)), t + config.window * (t - s)
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
+    fc, fd = problem.mean_loss(c, pool), problem.mean_loss(d, pool)
+    for _ in range(max(0, config.iterations - 2)):
+        if fc < fd:
+            hi, d, fd = d, c, fc
+            c = hi - inv_phi * (hi - lo)
+            fc = problem.mean_loss(c, pool)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + inv_phi * (hi - lo)
+            fd = problem.mean_loss(d, pool)
+    best, fbest = (c, fc) if fc < fd else (d, fd)
+    return best if fbest < problem.mean_loss(t, pool) else t
+
+
+def adam_ratio(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
+    """The official optimizer: tau = r * t, r initialised at 1, Adam on minibatches."""
+    r = torch.ones((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([r], lr=config.lr)
+    for _ in range(config.iterations):
+        x_t, noise, target = draw()
+        loss = problem.losses(r * problem.t, x_t, noise, target).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(r.detach()) * problem.t
+
+
+Optimizer = Callable[[StepProblem, Pool, BatchSource, FitConfig], float]
+OPTIMIZERS: dict[str, Optimizer] = {"golden": golden_search, "adam": adam_ratio}
+
+
+# ---------------------------------------------------------------- the fit
+@dataclass
+class FitResult:
+    taus: list[float]
+    loss_before: list[float | None]
+    loss_after: list[float | None]
+    seconds: float
+
+
+def fit_taus(
+    eps: EpsFn,
+    schedule: NoiseSchedule,
+    grid: Sequence[float],
+    sampler: str,
+    eta: float,
+    config: FitConfig,
+    sample_shape: Sequence[int],
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    data: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Fit one tau per step of ``grid`` (sampling order). Same seed + device -> same taus."""
+    spec = get_sampler(sampler)
+    if spec.evals_per_step != 1:
+        raise UsageError(f"fitting taus for {sampler} is not supported yet (needs one tau per evaluation)")
+    if config.strategy == "parallel" and data is None:
+        raise UsageError("the parallel strategy needs data: pass --data (an image folder, an .npz, or mnist|cifar10|digits)")
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    shape = tuple(sample_shape)
+    objective = OBJECTIVES[config.objective]
+    optimize = OPTIMIZERS[config.optimizer]
+    steps = len(grid) - 1
+    taus = [float(t) for t in grid[:-1]]
+    before: list[float | None] = [None] * steps
+    after: list[float | None] = [None] * steps
+
+    def randn(n: int) -> torch.Tensor:
+        return torch.randn((n, *shape), generator=gen, dtype=torch.float64).to(device)
+
+    def run_prefix(x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Aligned sampler from grid[0] to grid[upto] (fresh step noise when eta > 0)."""
+        with torch.no_grad():
+            for j in range(upto):
+                ctx = StepContext(schedule, eta, (lambda n=x.shape[0]: randn(n)) if eta > 0 else None)
+                x = spec.step(eps, x, grid[j], grid[j + 1], [taus[j]], ctx)
+        return x
+
+    def data_state(n: int, t: float) -> torch.Tensor:
+        idx = torch.randint(0, data.shape[0], (n,), generator=gen)
+        a, s = schedule.coeffs(t)
+        return a * data[idx].to(device=device, dtype=torch.float64) + s * randn(n)
+
+    def make_pool(x_t: torch.Tensor, t: float) -> Pool:
+        noise = randn(x_t.shape[0]) if eta > 0 else None
+        with torch.no_grad():
+            target = torch.cat([objective.target(eps, x_t[i : i + config.batch_size], t)
+                                for i in range(0, x_t.shape[0], config.batch_size)])
+        return Pool(x_t, noise, target)
+
+    state = randn(config.num_samples) if config.strategy == "sequential" else None
+    for j in range(steps):
+        t, s = float(grid[j]), float(grid[j + 1])
+        x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
+        pool = make_pool(x_t, t)
+        problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size)
+
+        def draw(pool=pool, t=t, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+            if config.fresh_noise:
+                n = config.batch_size
+                fresh = run_prefix(randn(n), j) if config.strategy == "sequential" else data_state(n, t)
+                return next(make_pool(fresh, t).batches(n))
+            idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
+            return pool.x_t[idx], None if pool.noise is None else pool.noise[idx], pool.target[idx]
+
+        if j < steps - 1 or config.tune_last_step:
+            if progress:
+                progress(j, steps, f"step {j + 1}/{steps}: t={t:.1f} -> {s:.1f}")
+            before[j] = problem.mean_loss(t, pool)
+            taus[j] = optimize(problem, pool, draw, config)
+            after[j] = problem.mean_loss(taus[j], pool)
+        if config.strategy == "sequential":
+            with torch.no_grad():
+                state = torch.cat([problem.advance(taus[j], xb, nb) for xb, nb, _ in pool.batches(config.batch_size)])
+    if progress:
+        progress(steps, steps, "done")
+    return FitResult(taus, before, after, time.perf_counter() - start)
