@@ -110,6 +110,20 @@ def cache_path(key: str) -> Path:
     return cache_dir() / f"{key}.json"
 
 
+def ensure_writable(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (checked by creating a probe file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; pass a file path such as {path / 'taus.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out path") from None
+
+
 def write_artifact(artifact: TauArtifact, path: Path) -> Path:
     """Atomic write: a reader sees either the old file or the whole new one, never half."""
     path = Path(path)

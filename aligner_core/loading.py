@@ -247,7 +247,7 @@ def load_model(
             unet_cfg = net.unet.config
             shape = (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size))
         elif p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-            sidecar = p.with_suffix(".json")
+            sidecar = sidecar_config(p)
             if not sidecar.is_file():
                 raise UsageError(f"checkpoint {p} needs its config {sidecar} (architecture, schedule, sample_shape) beside it")
             net, config = _build_checkpoint(p, sidecar, trust_pickle)
@@ -285,6 +285,11 @@ def _is_checkpoint_config(path: Path) -> bool:
         return False
 
 
+def sidecar_config(weights: Path) -> Path:
+    """``NAME.json`` beside ``NAME.safetensors``; ``config.json`` for ``model.safetensors``."""
+    return weights.parent / "config.json" if weights.stem == "model" else weights.with_suffix(".json")
+
+
 def save_checkpoint(net: nn.Module, config: CheckpointConfig, weights_path: Path) -> None:
     """Write the project's checkpoint: ``weights_path`` (.safetensors) + ``config.json`` beside it
     when ``weights_path`` is ``model.safetensors``, else ``<stem>.json``."""
@@ -294,5 +299,4 @@ def save_checkpoint(net: nn.Module, config: CheckpointConfig, weights_path: Path
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     target = net.unet if isinstance(net, DiffusersUNet) else net
     save_file({k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}, str(weights_path))
-    sidecar = weights_path.parent / "config.json" if weights_path.name == "model.safetensors" else weights_path.with_suffix(".json")
-    sidecar.write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    sidecar_config(weights_path).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")

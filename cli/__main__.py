@@ -1,0 +1,4 @@
+"""python -m dpm_align.cli"""
+from .main import run
+
+run()

@@ -1,0 +1,261 @@
+"""``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error, 2 usage error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from dpm_align.aligner_core import __version__
+from dpm_align.aligner_core.api import SamplingPlan, align, generate, resolve_plan, trajectory_gap
+from dpm_align.aligner_core.artifact import (
+    cache_path,
+    check_artifact_matches,
+    ensure_writable,
+    read_artifact,
+    write_artifact,
+)
+from dpm_align.aligner_core.errors import UsageError
+from dpm_align.aligner_core.fit import resolve_config
+from dpm_align.aligner_core.images import prepare_out_dir, save_samples
+from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
+from dpm_align.aligner_core.loading import load_model, resolve_device
+
+from .output import emit_json, handle_errors, progress_bar, stderr
+
+app = typer.Typer(
+    name="dpm-align",
+    help="Fit, store and use aligned timesteps (DPM-Aligner) for few-step diffusion sampling.\n\n"
+    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that does not belong to the model), 2 usage error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="diffusers pipeline dir, unet/ dir, or .safetensors/.pt checkpoint; omit for the embedded demo model")]
+ScheduleOpt = Annotated[Optional[str], typer.Option(help="noise schedule for a bare UNet: linear | scaled_linear | squaredcos_cap_v2 | scheduler_config.json")]
+PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="override: epsilon | sample | v_prediction")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)")]
+NfeOpt = Annotated[Optional[int], typer.Option(help="number of sampling steps K [default: 10]")]
+SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm [default: ddim]")]
+EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
+TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr [default: uniform]")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
+
+
+def _load(model, schedule, prediction_type, trust_pickle, device):
+    dev = resolve_device(device)
+    return load_model(model, device=dev, schedule=schedule, prediction_type=prediction_type, trust_pickle=trust_pickle), dev
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dpm-align {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="show the version")] = False) -> None:
+    """Fit, store and use aligned timesteps for few-step diffusion sampling."""
+
+
+@app.command("align")
+@handle_errors
+def align_cmd(
+    model: ModelOpt = None,
+    nfe: NfeOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
+    trajectory: TrajOpt = None,
+    strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
+    preset: Annotated[str, typer.Option(help="default | official (the paper code's Adam settings)")] = "default",
+    data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="override the preset: golden | adam")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="override the preset: iterations per step")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="override the preset: samples per step")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="override the preset: network batch size")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="also write the artifact here")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    schedule: ScheduleOpt = None,
+    prediction_type: PredOpt = None,
+    trust_pickle: TrustOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit aligned timesteps and write the tau artifact (cache and/or --out)."""
+    config = resolve_config(preset, strategy, optimizer=optimizer, iterations=iterations,
+                            num_samples=num_samples, batch_size=batch_size)
+    if out is not None:
+        ensure_writable(out)
+    if no_cache and out is None:
+        raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
+    plan = SamplingPlan.make(loaded.eps.schedule, sampler or "ddim", eta, trajectory or "uniform", nfe or 10)
+    targets = ([] if no_cache else [cache_path(plan.key(loaded))]) + ([out] if out is not None else [])
+    for target in targets:
+        ensure_writable(target)
+    with progress_bar(f"aligning {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
+        artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress)
+    written = [str(write_artifact(artifact, target)) for target in targets]
+    if json_out:
+        emit_json({"written": written, "artifact": artifact.model_dump(mode="json")})
+        return
+    _print_table(artifact)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("sample")
+@handle_errors
+def sample_cmd(
+    model: ModelOpt = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
+    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz")] = "png",
+    taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
+    no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
+    nfe: NfeOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
+    trajectory: TrajOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    schedule: ScheduleOpt = None,
+    prediction_type: PredOpt = None,
+    trust_pickle: TrustOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate samples with the aligned taus (or --no-taus for the plain sampler)."""
+    if fmt not in ("png", "npz"):
+        raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
+    if taus is not None and no_taus:
+        raise UsageError("--taus and --no-taus contradict each other; pass one of them")
+    prepare_out_dir(out)
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
+    plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe,
+                                          taus_path=taus, use_taus=not no_taus)
+    chosen = artifact.taus if artifact is not None else None
+    import torch
+
+    chunks = []
+    with progress_bar(f"sampling {num_samples}", quiet) as progress:
+        for _, x in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                             device=dev, progress=progress):
+            chunks.append(x.cpu())
+    written = save_samples(torch.cat(chunks), out, fmt)
+    summary = {
+        "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
+        "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.trajectory, "nfe": plan.nfe,
+        "aligned": artifact is not None, "taus_file": str(source) if source else None,
+        "taus": chosen, "grid": str(written[-1]),
+    }
+    if json_out:
+        emit_json(summary)
+    else:
+        typer.echo(f"wrote {num_samples} samples ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
+                   f"{plan.trajectory} nfe={plan.nfe}) to {out}; grid: {written[-1]}")
+
+
+@app.command("inspect")
+@handle_errors
+def inspect_cmd(
+    file: Annotated[Path, typer.Argument(help="tau artifact (.json)")],
+    check: Annotated[bool, typer.Option("--check", help="verify the artifact (grid, schedule; with --model: that it belongs to it); exit 1 if not")] = False,
+    model: ModelOpt = None,
+    schedule: ScheduleOpt = None,
+    prediction_type: PredOpt = None,
+    trust_pickle: TrustOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI."""
+    artifact = read_artifact(file)
+    checks = []
+    if check:
+        checks = check_artifact(artifact)
+        if model is not None or schedule is not None:
+            loaded, _ = _load(model, schedule, prediction_type, trust_pickle, "cpu")
+            check_artifact_matches(artifact, model=loaded.info, path=file)
+            checks.append(f"belongs to model {loaded.info.source} (sha256 {loaded.info.sha256[:16]}…)")
+    if json_out:
+        document = artifact.model_dump(mode="json")
+        if check:
+            document = {"artifact": document, "checks": checks, "ok": True}
+        emit_json(document)
+        return
+    _print_table(artifact)
+    for line in checks:
+        typer.echo(f"ok: {line}")
+
+
+def _print_table(artifact) -> None:
+    from rich.console import Console
+
+    table = Table(title=f"{artifact.key}  ({artifact.sampler.name} eta={artifact.sampler.eta:g}, "
+                  f"{artifact.trajectory.kind}, nfe={artifact.trajectory.nfe})")
+    for column in ("step", "t_i", "t_i-1", "tau_i", "tau_i - t_i", "loss before", "loss after"):
+        table.add_column(column, justify="right")
+    for row in inspect_rows(artifact):
+        table.add_row(*row)
+    Console().print(table)
+    typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
+               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
+               f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    model: ModelOpt = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the DDIM reference trajectory")] = 1000,
+    taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
+    nfe: NfeOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
+    trajectory: TrajOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    schedule: ScheduleOpt = None,
+    prediction_type: PredOpt = None,
+    trust_pickle: TrustOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end."""
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
+    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, taus_path=taus)
+    with progress_bar(f"eval {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
+        report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
+                                reference_nfe=reference_nfe, seed=seed, device=dev, progress=progress)
+    if json_out:
+        emit_json(report.model_dump(mode="json"))
+        return
+    table = Table(title=f"trajectory gap, mean L2 to {report.reference_nfe}-step DDIM reference ({report.num_samples} samples)")
+    for column in ("t", "baseline", "aligned"):
+        table.add_column(column, justify="right")
+    for t, b, a in zip(report.timesteps, report.gap_baseline, report.gap_aligned):
+        table.add_row(f"{t:.1f}", f"{b:.4f}", f"{a:.4f}")
+    from rich.console import Console
+
+    Console().print(table)
+    change = (report.end_gap_ratio - 1) * 100
+    typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
+               f"({change:+.1f}%: {'better' if change < 0 else 'NOT better'})")
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

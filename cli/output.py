@@ -1,0 +1,64 @@
+"""Console plumbing: results on stdout (one JSON document with --json), everything else on stderr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dpm_align.aligner_core.errors import DpmAlignError
+
+stderr = Console(stderr=True)
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def handle_errors(command: Callable) -> Callable:
+    """One-line ``error: ...`` on stderr and the error's exit code instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DpmAlignError as exc:
+            stderr.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("error: interrupted; nothing was written", highlight=False)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # an unexpected bug: still one line unless DPM_ALIGN_DEBUG is set
+            if os.environ.get("DPM_ALIGN_DEBUG"):
+                raise
+            stderr.print(f"error: internal error: {type(exc).__name__}: {exc} (set DPM_ALIGN_DEBUG=1 for a traceback)",
+                         highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool = False):
+    """Yields a ``progress(done, total, message)`` callback drawing a rich bar on stderr."""
+    if quiet:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[note]}"), console=stderr, transient=False) as bar:
+        task = bar.add_task(description, total=None, note="")
+
+        def update(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, note=message)
+
+        yield update
