@@ -52,6 +52,13 @@ class SamplingPlan:
         eta = resolve_eta(sampler, eta)
         return cls(sampler, eta, trajectory, nfe, tuple(make_grid(trajectory, nfe, schedule)))
 
+    @classmethod
+    def make_with_defaults(cls, schedule: NoiseSchedule, sampler: str | None, eta: float | None,
+                           trajectory: str | None, nfe: int | None) -> "SamplingPlan":
+        """``make`` with the defaults (ddim, uniform, 10 steps) for the options left out (None)."""
+        return cls.make(schedule, DEFAULT_SAMPLER if sampler is None else sampler, eta,
+                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe)
+
     def key(self, model: LoadedModel) -> str:
         return artifact_key(model.info.sha256, self.sampler, self.eta, self.trajectory, self.nfe)
 
@@ -127,7 +134,7 @@ def resolve_plan(
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta), path=taus_path)
         plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, artifact.trajectory.kind, artifact.trajectory.nfe)
         return plan, artifact, Path(taus_path)
-    plan = SamplingPlan.make(schedule, sampler or DEFAULT_SAMPLER, eta, trajectory or DEFAULT_TRAJECTORY, nfe or DEFAULT_NFE)
+    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe)
     if not use_taus:
         return plan, None, None
     path = cache_path(plan.key(model))

@@ -97,7 +97,7 @@ def align_cmd(
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
-    plan = SamplingPlan.make(loaded.eps.schedule, sampler or "ddim", eta, trajectory or "uniform", nfe or 10)
+    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, sampler, eta, trajectory, nfe)
     targets = ([] if no_cache else [cache_path(plan.key(loaded))]) + ([out] if out is not None else [])
     for target in targets:
         ensure_writable(target)

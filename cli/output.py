@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dpm_align.aligner_core.errors import DpmAlignError
@@ -31,7 +32,7 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except DpmAlignError as exc:
-            stderr.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("error: interrupted; nothing was written", highlight=False)

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny models the tests make themselves, an isolated cache, a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dpm_align.aligner_core.gmm import GaussianMixture, GMMEpsNet
+from dpm_align.aligner_core.loading import CheckpointConfig, save_checkpoint
+from dpm_align.aligner_core.model import EpsModel
+from dpm_align.aligner_core.nets import TinyUNet
+from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.cli.main import app
+
+torch.set_num_threads(2)
+
+TINY_SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DPM_ALIGN_CACHE_DIR", str(cache))
+    return cache
+
+
+def make_tiny_checkpoint(directory: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """A random-init TinyUNet on 1x8x8 in the project's checkpoint format; returns the weights path."""
+    torch.manual_seed(seed)
+    net = TinyUNet(in_channels=1, channels=(8, 16, 16), groups=4)
+    config = CheckpointConfig(
+        architecture="tiny-unet",
+        arch_config={"in_channels": 1, "channels": [8, 16, 16], "groups": 4},
+        prediction_type=prediction_type,
+        schedule=ScheduleSpec(),
+        sample_shape=TINY_SHAPE,
+    )
+    weights = directory / "tiny.safetensors"
+    save_checkpoint(net, config, weights)
+    return weights
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def gmm_eps():
+    """Exact eps model of a 64-dimensional Gaussian mixture, linear DDPM schedule (T=1000)."""
+    schedule = NoiseSchedule(ScheduleSpec())
+    mixture = GaussianMixture.random(8, 64, seed=0)
+    return EpsModel(GMMEpsNet(mixture, schedule), schedule, "epsilon", dtype=torch.float64)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def cli(runner):
+    """cli(*args) -> Result of `dpm-align args...` run in-process."""
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def parse_json(result) -> dict:
+    return json.loads(result.stdout)

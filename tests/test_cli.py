@@ -1,0 +1,192 @@
+"""The command line, in-process through Typer's CliRunner."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dpm_align.aligner_core.artifact import read_artifact
+from tests.conftest import make_tiny_checkpoint, parse_json
+
+class PickledObject:
+    """An arbitrary Python object: a file holding one is refused by weights_only loading."""
+
+
+FAST = ("--iterations", "3", "--num-samples", "8", "--device", "cpu", "--quiet")
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def aligned(cli, tiny_ckpt, tmp_path):
+    out = tmp_path / "taus.json"
+    result = cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", out, "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    return out, parse_json(result)
+
+
+def test_align_json_is_one_document_and_writes_cache_and_out(aligned, isolated_cache):
+    out, document = aligned
+    artifact = document["artifact"]
+    assert document["written"] == [str(isolated_cache / f"{artifact['key']}.json"), str(out)]
+    assert read_artifact(out).taus == artifact["taus"]
+    assert artifact["fit"]["strategy"] == "sequential" and artifact["model"]["format"] == "dpm-align-checkpoint"
+
+
+def test_align_human_output_and_progress_on_stderr(cli, tiny_ckpt):
+    result = cli("align", "--model", tiny_ckpt, "--nfe", "2", "--iterations", "3", "--num-samples", "8", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "tau_i - t_i" in result.stdout and "wrote " in result.stdout
+    assert "aligning ddim uniform nfe=2" in result.stderr
+
+
+def test_sample_finds_cached_taus_and_is_deterministic(cli, aligned, tiny_ckpt, tmp_path):
+    _, document = aligned
+    runs = []
+    for name, batch in (("a", "4"), ("b", "2")):
+        result = cli("sample", "--model", tiny_ckpt, "--nfe", "3", "-n", "5", "--batch-size", batch,
+                     "--out", tmp_path / name, "--seed", "3", "--device", "cpu", "--quiet", "--json")
+        assert result.exit_code == 0, result.output
+        summary = parse_json(result)
+        assert summary["aligned"] and summary["taus"] == document["artifact"]["taus"]
+        runs.append([np.asarray(Image.open(tmp_path / name / f"{k:05d}.png")) for k in range(5)])
+    assert (tmp_path / "a" / "grid.png").is_file()
+    assert all(np.array_equal(x, y) for x, y in zip(*runs))  # same seed, other batch size: same images
+
+
+def test_sample_baseline_and_npz(cli, tiny_ckpt, tmp_path):
+    result = cli("sample", "--model", tiny_ckpt, "--no-taus", "--nfe", "2", "-n", "3", "--format", "npz",
+                 "--out", tmp_path / "s", "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["aligned"] is False
+    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+
+
+def test_sample_without_cached_taus_says_what_to_do(cli, tiny_ckpt, tmp_path):
+    result = cli("sample", "--model", tiny_ckpt, "--nfe", "7", "--out", tmp_path / "s", "--device", "cpu")
+    one_line_error(result, 1, "no taus in the cache")
+    assert "--no-taus" in result.stderr
+
+
+def test_inspect_table_json_and_check(cli, aligned, tiny_ckpt, tmp_path):
+    out, document = aligned
+    table = cli("inspect", out)
+    assert table.exit_code == 0 and "tau_i" in table.stdout
+    assert parse_json(cli("inspect", out, "--json")) == document["artifact"]
+    checked = cli("inspect", out, "--check", "--model", tiny_ckpt, "--json")
+    assert checked.exit_code == 0 and parse_json(checked)["ok"] is True
+    other = make_tiny_checkpoint(tmp_path, seed=5)
+    one_line_error(cli("inspect", out, "--check", "--model", other), 1, "was fitted for something else (model sha256")
+
+
+def test_model_hash_is_stable_across_copies(cli, aligned, tiny_ckpt, tmp_path):
+    out, _ = aligned
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tiny_ckpt, copy / "renamed.safetensors")
+    shutil.copy(tiny_ckpt.with_suffix(".json"), copy / "renamed.json")
+    assert cli("inspect", out, "--check", "--model", copy / "renamed.safetensors").exit_code == 0
+
+
+def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
+    out, _ = aligned
+    result = cli("eval", "--model", tiny_ckpt, "--taus", out, "-n", "4", "--reference-nfe", "30",
+                 "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    report = parse_json(result)
+    assert len(report["gap_baseline"]) == len(report["gap_aligned"]) == 4
+    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 30
+    assert report["end_gap_aligned"] == report["gap_aligned"][-1]
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("dpm-align ")
+
+
+# ------------------------------------------------------------------ bad input, one by one
+def test_missing_model_path(cli, tmp_path):
+    one_line_error(cli("align", "--model", tmp_path / "nope", *FAST), 2, "does not exist")
+
+
+def test_directory_that_is_not_a_diffusers_model(cli, tmp_path):
+    one_line_error(cli("align", "--model", tmp_path, *FAST), 2, "is not a diffusers model directory")
+
+
+def test_corrupt_weights(cli, tiny_ckpt, tmp_path):
+    bad = tmp_path / "tiny.safetensors"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:500])
+    shutil.copy(tiny_ckpt.with_suffix(".json"), tmp_path / "tiny.json")
+    one_line_error(cli("align", "--model", bad, *FAST), 2, "corrupt or truncated")
+
+
+def test_pickled_checkpoint_needs_trust(cli, tmp_path):
+    weights = make_tiny_checkpoint(tmp_path)
+    from safetensors.torch import load_file
+
+    torch.save({"state_dict": load_file(str(weights)), "extra": PickledObject()}, tmp_path / "tiny.pt")
+    one_line_error(cli("align", "--model", tmp_path / "tiny.pt", *FAST), 2, "pass --trust-pickle only if you trust")
+    torch.save(load_file(str(weights)), tmp_path / "plain.pt")
+    shutil.copy(weights.with_suffix(".json"), tmp_path / "plain.json")
+    assert cli("align", "--model", tmp_path / "plain.pt", "--nfe", "1", "--no-cache", "--out", tmp_path / "o.json", *FAST).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [(("--sampler", "euler"), "unknown sampler 'euler'"),
+     (("--trajectory", "cosine"), "unknown trajectory 'cosine'"),
+     (("--nfe", "0"), "--nfe 0 is out of range"),
+     (("--nfe", "1001"), "--nfe 1001 is out of range"),
+     (("--strategy", "parallel"), "the parallel strategy needs data"),
+     (("--data", "/no/such/data", "--strategy", "parallel"), "neither a built-in dataset"),
+     (("--preset", "turbo"), "unknown preset 'turbo'"),
+     (("--no-cache",), "--no-cache without --out")],
+)
+def test_usage_errors(cli, tiny_ckpt, args, fragment):
+    one_line_error(cli("align", "--model", tiny_ckpt, *args, *FAST), 2, fragment)
+
+
+@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 2}', "has schema_version 2"),
+                                               ('{"schema_version": 1}', "does not match the tau artifact schema")])
+def test_bad_artifacts(cli, tiny_ckpt, tmp_path, content, fragment):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    one_line_error(cli("inspect", path), 2, fragment)
+    one_line_error(cli("sample", "--model", tiny_ckpt, "--taus", path, "--out", tmp_path / "s", "--device", "cpu"), 2, fragment)
+
+
+def test_artifact_for_a_different_model_is_refused_by_sample(cli, aligned, tmp_path):
+    out, _ = aligned
+    other = make_tiny_checkpoint(tmp_path, seed=9)
+    one_line_error(cli("sample", "--model", other, "--taus", out, "--out", tmp_path / "s", "--device", "cpu"), 1,
+                   "was fitted for something else")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(cli, tiny_ckpt):
+    one_line_error(cli("align", "--model", tiny_ckpt, "--device", "cuda", "--quiet"), 2, "CUDA is not available")
+
+
+def test_unwritable_out_leaves_nothing(cli, tiny_ckpt, tmp_path, isolated_cache):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(cli("align", "--model", tiny_ckpt, "--out", blocker / "taus.json", *FAST), 2, "choose a writable --out path")
+    assert list(isolated_cache.iterdir()) == []  # the cache was not written either
+    one_line_error(cli("sample", "--model", tiny_ckpt, "--no-taus", "--out", blocker / "dir"), 2, "choose a writable --out directory")
+
+
+def test_bad_sample_options(cli, tiny_ckpt, tmp_path):
+    one_line_error(cli("sample", "--model", tiny_ckpt, "--format", "gif", "--out", tmp_path), 2, "unknown --format 'gif'")
+    one_line_error(cli("sample", "--model", tiny_ckpt, "--no-taus", "--taus", tmp_path / "x.json", "--out", tmp_path), 2,
+                   "contradict")

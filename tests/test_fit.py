@@ -1,0 +1,86 @@
+"""Tau fitting against an exact model (Gaussian mixture, closed-form eps)."""
+
+import pytest
+import torch
+
+from dpm_align.aligner_core.api import reference_grid
+from dpm_align.aligner_core.errors import UsageError
+from dpm_align.aligner_core.fit import PRESETS, fit_taus, resolve_config
+from dpm_align.aligner_core.samplers import StepContext, run_sampler
+from dpm_align.aligner_core.trajectory import make_grid
+
+SHAPE = (1, 8, 8)  # 64 dimensions
+
+
+def fit(gmm_eps, grid, sampler="ddim", eta=0.0, data=None, **overrides):
+    config = resolve_config("default", **{"num_samples": 128, "batch_size": 128, **overrides})
+    return fit_taus(gmm_eps, gmm_eps.schedule, grid, sampler, eta, config, SHAPE, seed=0, data=data)
+
+
+@pytest.fixture(scope="module")
+def quadratic10(gmm_eps):
+    grid = make_grid("quadratic", 10, gmm_eps.schedule)
+    return grid, fit(gmm_eps, grid)
+
+
+def test_sequential_fit_lowers_the_paper_loss_at_every_tuned_step(quadratic10):
+    grid, result = quadratic10
+    tuned = [(b, a) for b, a in zip(result.loss_before, result.loss_after) if b is not None]
+    assert len(tuned) == 9  # the final step is left untuned, as in the official code
+    assert all(a <= b for b, a in tuned)
+    assert sum(a < 0.95 * b for b, a in tuned) >= 5
+    assert result.taus[-1] == grid[-2]
+
+
+def test_fitted_taus_bring_the_end_point_closer_to_the_999_step_reference(gmm_eps, quadratic10):
+    grid, result = quadratic10
+    x = torch.randn(128, *SHAPE, generator=torch.Generator().manual_seed(99), dtype=torch.float64)  # held-out seeds
+    fine, _ = reference_grid(grid, 1000)
+    ctx = StepContext(gmm_eps.schedule)
+    ref = run_sampler("ddim", gmm_eps, x, fine, None, ctx)
+    gap = {name: (run_sampler("ddim", gmm_eps, x, grid, taus, ctx) - ref).flatten(1).norm(dim=1).mean()
+           for name, taus in (("baseline", None), ("aligned", result.taus))}
+    assert gap["aligned"] < 0.8 * gap["baseline"]
+
+
+def test_same_seed_same_taus(gmm_eps):
+    grid = make_grid("uniform", 4, gmm_eps.schedule)
+    assert fit(gmm_eps, grid, num_samples=32).taus == fit(gmm_eps, grid, num_samples=32).taus
+
+
+def test_parallel_strategy_uses_data(gmm_eps):
+    grid = make_grid("uniform", 4, gmm_eps.schedule)
+    data = gmm_eps.net.mixture.sample(64, torch.Generator().manual_seed(0)).reshape(64, *SHAPE).float()
+    result = fit(gmm_eps, grid, data=data, strategy="parallel", num_samples=64)
+    assert all(a <= b for b, a in zip(result.loss_before[:-1], result.loss_after[:-1]))
+    with pytest.raises(UsageError, match="the parallel strategy needs data: pass --data"):
+        fit(gmm_eps, grid, strategy="parallel")
+
+
+def test_stochastic_sampler_fit_runs_and_records_losses(gmm_eps):
+    grid = make_grid("uniform", 3, gmm_eps.schedule)
+    result = fit(gmm_eps, grid, sampler="ddpm", eta=1.0, num_samples=32, iterations=4)
+    assert result.loss_before[0] is not None and result.loss_after[0] <= result.loss_before[0]
+
+
+def test_official_preset_is_the_papers_optimizer(gmm_eps):
+    official = PRESETS["official"]
+    assert (official.optimizer, official.lr, official.iterations, official.tune_last_step, official.fresh_noise) == (
+        "adam", 2e-3, 500, False, True)
+    grid = make_grid("uniform", 3, gmm_eps.schedule)
+    config = resolve_config("official", iterations=15, batch_size=16, num_samples=32)
+    result = fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE, seed=0)
+    assert result.taus[0] != grid[0] and result.taus[-1] == grid[-2]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"preset": "fast"}, "unknown preset 'fast'; choose one of: default, official"),
+     ({"preset": "default", "strategy": "random"}, "unknown strategy 'random'"),
+     ({"preset": "default", "optimizer": "sgd"}, "unknown optimizer 'sgd'; choose one of: golden, adam"),
+     ({"preset": "default", "objective": "fid"}, "unknown objective 'fid'"),
+     ({"preset": "default", "iterations": 0}, "invalid fit settings")],
+)
+def test_bad_fit_settings(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        resolve_config(**kwargs)
