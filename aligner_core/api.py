@@ -141,7 +141,7 @@ def resolve_plan(
     if not path.is_file():
         raise DpmAlignError(
             f"no taus in the cache for {plan.key(model)} ({path}); run `dpm-align align` with the same "
-            "--model/--sampler/--trajectory/--nfe, pass --taus FILE, or use --no-taus for the plain sampler"
+            "--model/--sampler/--trajectory/--nfe or pass --taus FILE (`sample --no-taus` runs the plain sampler)"
         )
     artifact = read_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,

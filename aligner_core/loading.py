@@ -5,7 +5,8 @@ Accepted ``--model`` forms:
 - a diffusers pipeline directory (``model_index.json``, ``unet/``, ``scheduler/``);
 - a bare diffusers ``unet/`` directory (``config.json`` + weights) plus ``--schedule``;
 - the project's checkpoint: ``NAME.safetensors`` or ``NAME.pt`` beside ``NAME.json``
-  (a ``CheckpointConfig``), or a directory holding ``model.safetensors`` + ``config.json``.
+  (a ``CheckpointConfig``), or a directory holding ``model.safetensors`` + ``config.json``;
+- ``gmm[:dim=64,components=8,seed=0]``: the exact eps of a Gaussian mixture (``gmm.py``).
 ``.pt`` files load with ``torch.load(weights_only=True)`` unless ``trust_pickle`` is set.
 """
 
@@ -187,27 +188,95 @@ def _load_diffusers_unet(path: Path, subfolder: str | None) -> nn.Module:
     return DiffusersUNet(unet)
 
 
-def _diffusers_net_and_config(path: Path, schedule: str | None) -> tuple[nn.Module, ScheduleSpec, str, str]:
+@dataclass
+class _Found:
+    """A network and what is needed to wrap and key it."""
+
+    net: nn.Module
+    schedule: ScheduleSpec
+    prediction_type: str
+    format: str
+    sample_shape: tuple[int, ...]
+    source: str
+    dtype: torch.dtype = torch.float32
+
+
+def _from_checkpoint(weights: Path, config_path: Path, trust_pickle: bool, fmt: str, source: str) -> _Found:
+    net, config = _build_checkpoint(weights, config_path, trust_pickle)
+    return _Found(net, config.schedule, config.prediction_type, fmt, config.sample_shape, source)
+
+
+def _from_diffusers(path: Path, schedule: str | None) -> _Found:
+    source = str(path.resolve())
     if (path / "model_index.json").is_file():
         if not (path / "unet" / "config.json").is_file():
             raise UsageError(f"{path} has model_index.json but no unet/config.json; it is not a UNet diffusion pipeline")
         net = _load_diffusers_unet(path, "unet")
         sched_file = path / "scheduler" / "scheduler_config.json"
+        sched_config = _read_json(sched_file, "scheduler config") if sched_file.is_file() else None
         if schedule is not None:
             spec = parse_schedule_option(schedule)
-        elif sched_file.is_file():
-            spec = ScheduleSpec.from_diffusers_config(_read_json(sched_file, "scheduler config"))
+        elif sched_config is not None:
+            spec = ScheduleSpec.from_diffusers_config(sched_config)
         else:
             raise UsageError(f"{path} has no scheduler/scheduler_config.json; pass --schedule")
-        prediction = _read_json(sched_file, "scheduler config").get("prediction_type", "epsilon") if sched_file.is_file() else "epsilon"
-        return net, spec, prediction, "diffusers-pipeline"
-    if schedule is None:
+        prediction = (sched_config or {}).get("prediction_type", "epsilon")
+        fmt = "diffusers-pipeline"
+    elif schedule is None:
         raise UsageError(
             f"{path} is a bare UNet without a scheduler; pass --schedule "
             f"({' | '.join(BETA_SCHEDULES)} | path/to/scheduler_config.json)"
         )
-    net = _load_diffusers_unet(path, None)
-    return net, parse_schedule_option(schedule), "epsilon", "diffusers-unet"
+    else:
+        net, spec, prediction, fmt = _load_diffusers_unet(path, None), parse_schedule_option(schedule), "epsilon", "diffusers-unet"
+    unet_cfg = net.unet.config
+    return _Found(net, spec, prediction, fmt, (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size)), source)
+
+
+def _from_gmm(text: str) -> _Found:
+    """``gmm`` or ``gmm:dim=64,components=8,seed=0``: the exact eps of a Gaussian mixture."""
+    from .gmm import GaussianMixture, GMMEpsNet
+
+    options = {"dim": 64, "components": 8, "seed": 0}
+    for item in filter(None, text.partition(":")[2].split(",")):
+        name, _, value = item.partition("=")
+        if name not in options or not value.isdigit() or int(value) < 1:
+            raise UsageError(f"bad gmm option {item!r} in --model {text}; use gmm:dim=64,components=8,seed=0")
+        options[name] = int(value)
+    spec = ScheduleSpec()
+    mixture = GaussianMixture.random(options["components"], options["dim"], seed=options["seed"])
+    side = int(round(options["dim"] ** 0.5))
+    shape = (1, side, side) if side * side == options["dim"] else (1, 1, options["dim"])
+    canonical = "gmm:" + ",".join(f"{k}={v}" for k, v in options.items())
+    return _Found(GMMEpsNet(mixture, NoiseSchedule(spec)), spec, "epsilon", "gmm", shape, canonical, torch.float64)
+
+
+def _from_path(p: Path, schedule: str | None, trust_pickle: bool) -> _Found:
+    if not p.exists():
+        raise UsageError(
+            f"model path {p} does not exist; pass a diffusers pipeline directory, a unet/ directory or a "
+            ".safetensors/.pt checkpoint (omit --model to use the embedded demo model)"
+        )
+    source = str(p.resolve())
+    if p.is_dir() and (p / "model.safetensors").is_file() and _is_checkpoint_config(p / "config.json"):
+        found = _from_checkpoint(p / "model.safetensors", p / "config.json", trust_pickle, CHECKPOINT_FORMAT, source)
+    elif p.is_dir():
+        if not (p / "model_index.json").is_file() and not (p / "config.json").is_file():
+            raise UsageError(
+                f"{p} is not a diffusers model directory (no model_index.json or config.json); "
+                "point --model at a pipeline directory, its unet/ folder, or a checkpoint file"
+            )
+        return _from_diffusers(p, schedule)
+    elif p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        sidecar = sidecar_config(p)
+        if not sidecar.is_file():
+            raise UsageError(f"checkpoint {p} needs its config {sidecar} (architecture, schedule, sample_shape) beside it")
+        found = _from_checkpoint(p, sidecar, trust_pickle, CHECKPOINT_FORMAT, source)
+    else:
+        raise UsageError(f"{p} is not a model this tool reads; use a diffusers directory or a .safetensors/.pt checkpoint")
+    if schedule is not None:
+        found.schedule = parse_schedule_option(schedule)
+    return found
 
 
 def load_model(
@@ -218,60 +287,32 @@ def load_model(
     prediction_type: str | None = None,
     trust_pickle: bool = False,
 ) -> LoadedModel:
-    """Load ``path`` (None = embedded demo model) offline and wrap it as eps(x, t)."""
+    """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
+    ``gmm[:options]`` the exact Gaussian-mixture model."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
     if path is None:
-        weights, config_path, source = DEMO_DIR / "model.safetensors", DEMO_DIR / "config.json", "embedded:demo-mnist"
-        net, config = _build_checkpoint(weights, config_path, trust_pickle=False)
-        spec, pred, fmt, shape = config.schedule, config.prediction_type, "dpm-align-demo", config.sample_shape
+        found = _from_checkpoint(DEMO_DIR / "model.safetensors", DEMO_DIR / "config.json", False, "dpm-align-demo",
+                                 "embedded:demo-mnist")
+    elif str(path) == "gmm" or str(path).startswith("gmm:"):
+        found = _from_gmm(str(path))
     else:
-        p = Path(path).expanduser()
-        source = str(p.resolve()) if p.exists() else str(p)
-        if not p.exists():
-            raise UsageError(
-                f"model path {p} does not exist; pass a diffusers pipeline directory, a unet/ directory or a "
-                ".safetensors/.pt checkpoint (omit --model to use the embedded demo model)"
-            )
-        if p.is_dir() and (p / "model.safetensors").is_file() and _is_checkpoint_config(p / "config.json"):
-            net, config = _build_checkpoint(p / "model.safetensors", p / "config.json", trust_pickle)
-            spec, pred, fmt, shape = config.schedule, config.prediction_type, CHECKPOINT_FORMAT, config.sample_shape
-        elif p.is_dir():
-            if not (p / "model_index.json").is_file() and not (p / "config.json").is_file():
-                raise UsageError(
-                    f"{p} is not a diffusers model directory (no model_index.json or config.json); "
-                    "point --model at a pipeline directory, its unet/ folder, or a checkpoint file"
-                )
-            net, spec, pred, fmt = _diffusers_net_and_config(p, schedule)
-            unet_cfg = net.unet.config
-            shape = (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size))
-        elif p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-            sidecar = sidecar_config(p)
-            if not sidecar.is_file():
-                raise UsageError(f"checkpoint {p} needs its config {sidecar} (architecture, schedule, sample_shape) beside it")
-            net, config = _build_checkpoint(p, sidecar, trust_pickle)
-            spec, pred, fmt, shape = config.schedule, config.prediction_type, CHECKPOINT_FORMAT, config.sample_shape
-        else:
-            raise UsageError(
-                f"{p} is not a model this tool reads; use a diffusers directory or a .safetensors/.pt checkpoint"
-            )
-        if schedule is not None and fmt == CHECKPOINT_FORMAT:
-            spec = parse_schedule_option(schedule)
-    pred = prediction_type or pred
+        found = _from_path(Path(path).expanduser(), schedule, trust_pickle)
+    pred = prediction_type or found.prediction_type
     if pred not in PREDICTION_TYPES:
         raise UsageError(f"model prediction type {pred!r} is not supported; use --prediction-type epsilon|sample|v_prediction")
-    net = net.to(dev).eval().requires_grad_(False)
-    sched = NoiseSchedule(spec)
+    net = found.net.to(dev).eval().requires_grad_(False)
+    spec = found.schedule
     info = ModelInfo(
         sha256=weights_sha256(net),
-        source=source,
-        format=fmt,
+        source=found.source,
+        format=found.format,
         prediction_type=pred,
         num_train_timesteps=spec.num_train_timesteps,
         schedule=spec,
     )
-    return LoadedModel(EpsModel(net, sched, pred), info, tuple(int(v) for v in shape))
+    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype), info, tuple(int(v) for v in found.sample_shape))
 
 
 def _hw(sample_size: int | list | tuple) -> tuple[int, int]:

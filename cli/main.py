@@ -20,7 +20,7 @@ from dpm_align.aligner_core.artifact import (
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
-from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
+from dpm_align.aligner_core.inspection import check_artifact, inspect_rows, plot_artifact
 from dpm_align.aligner_core.loading import load_model, resolve_device
 
 from .output import emit_json, handle_errors, progress_bar, stderr
@@ -174,10 +174,13 @@ def inspect_cmd(
     schedule: ScheduleOpt = None,
     prediction_type: PredOpt = None,
     trust_pickle: TrustOpt = False,
+    plot: Annotated[Optional[Path], typer.Option(help="write a PNG of tau_i - t_i and the per-step loss")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI."""
+    """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI; --plot."""
     artifact = read_artifact(file)
+    if plot is not None:
+        plot_artifact(artifact, plot)
     checks = []
     if check:
         checks = check_artifact(artifact)

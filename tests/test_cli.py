@@ -190,3 +190,11 @@ def test_bad_sample_options(cli, tiny_ckpt, tmp_path):
     one_line_error(cli("sample", "--model", tiny_ckpt, "--format", "gif", "--out", tmp_path), 2, "unknown --format 'gif'")
     one_line_error(cli("sample", "--model", tiny_ckpt, "--no-taus", "--taus", tmp_path / "x.json", "--out", tmp_path), 2,
                    "contradict")
+
+
+def test_inspect_plot(cli, aligned, tmp_path):
+    out, _ = aligned
+    result = cli("inspect", out, "--plot", tmp_path / "taus.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "taus.png").size[0] > 100
+    one_line_error(cli("inspect", out, "--plot", tmp_path / "missing-dir" / "x.png"), 2, "choose a writable --plot path")

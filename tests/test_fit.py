@@ -84,3 +84,15 @@ def test_official_preset_is_the_papers_optimizer(gmm_eps):
 def test_bad_fit_settings(kwargs, message):
     with pytest.raises(UsageError, match=message):
         resolve_config(**kwargs)
+
+
+def test_builtin_gmm_model_spec():
+    from dpm_align.aligner_core.loading import load_model
+
+    model = load_model("gmm:dim=16,components=3,seed=2")
+    assert model.sample_shape == (1, 4, 4) and model.info.format == "gmm"
+    assert model.info.source == "gmm:dim=16,components=3,seed=2"
+    assert model.info.sha256 == load_model("gmm:components=3,dim=16,seed=2").info.sha256
+    assert model.info.sha256 != load_model("gmm:dim=16,components=3,seed=3").info.sha256
+    with pytest.raises(UsageError, match="bad gmm option 'size=3'"):
+        load_model("gmm:size=3")
