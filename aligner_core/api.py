@@ -25,13 +25,16 @@ from .artifact import (
     read_artifact,
     utc_now,
 )
+from .compare import paired_trajectories, refine_grid
 from .data import load_data
 from .errors import DpmAlignError
-from .fit import FitConfig, Progress, fit_taus
+from .fit import FitConfig, fit_taus
 from .loading import LoadedModel
+from .progress import Progress
 from .samplers import PerSampleNoise, StepContext, get_sampler, resolve_eta, run_sampler
 from .schedule import NoiseSchedule
 from .trajectory import make_grid
+from .validation import validate
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
 
@@ -81,14 +84,23 @@ def align(
     seed: int = 0,
     device: torch.device | str = "cpu",
     data: str | None = None,
+    validation: ValidationSettings | None = None,
     progress: Progress | None = None,
 ) -> TauArtifact:
-    """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact."""
+    """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact; with
+    ``validation``, also measure baseline vs aligned on held-out seeds."""
     images = load_data(data, model.sample_shape) if data is not None else None
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
         seed=seed, device=device, data=images, progress=progress,
     )
+    checked = None
+    if validation is not None:
+        if progress:
+            progress(0, 1, f"validating on {validation.num_samples} held-out samples")
+        checked = validate(model.eps, plan.grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
+                           num_samples=validation.num_samples, reference_nfe=validation.reference_nfe,
+                           batch_size=config.batch_size, seed=seed, device=device)
     return TauArtifact(
         dpm_align_version=__version__,
         created=utc_now(),
@@ -111,7 +123,24 @@ def align(
             loss_before=result.loss_before,
             loss_after=result.loss_after,
         ),
+        validation=checked,
     )
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    num_samples: int = 32
+    reference_nfe: int = 100
+
+
+def not_better_message(artifact: TauArtifact) -> str | None:
+    """None when the artifact validated as better (or was not validated), else why not."""
+    v = artifact.validation
+    if v is None or v.better:
+        return None
+    changes = ", ".join(f"{m} {v.baseline[m]:.4g} -> {v.aligned[m]:.4g}" for m in v.metrics)
+    return (f"the aligned taus are not better than the plain sampler on {v.num_samples} held-out samples "
+            f"({changes}; decided by {' and '.join(v.decided_by)})")
 
 
 def resolve_plan(
@@ -149,11 +178,6 @@ def resolve_plan(
     return plan, artifact, path
 
 
-def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], device) -> PerSampleNoise:
-    """Per-sample noise streams: x_T and every later draw of sample k depend on (seed, k) only."""
-    return PerSampleNoise(seed, indices, shape, device)
-
-
 def generate(
     model: LoadedModel,
     plan: SamplingPlan,
@@ -171,7 +195,7 @@ def generate(
     for b in range(batches):
         lo = start_index + b * batch_size
         hi = min(start_index + num_samples, lo + batch_size)
-        noise = initial_noise(seed, range(lo, hi), model.sample_shape, device)
+        noise = PerSampleNoise(seed, range(lo, hi), model.sample_shape, device)
         x = noise()
         with torch.no_grad():
             out = run_sampler(plan.sampler, model.eps, x, plan.grid, taus,
@@ -206,15 +230,6 @@ class GapReport(BaseModel):
     end_gap_ratio: float
 
 
-def reference_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float], int]:
-    """Subdivide every interval of ``grid`` so the reference passes through all its points."""
-    per = max(1, math.ceil(reference_nfe / (len(grid) - 1)))
-    fine = [grid[0]]
-    for t, s in zip(grid[:-1], grid[1:]):
-        fine.extend(t + (s - t) * (k / per) for k in range(1, per + 1))
-    return fine, per
-
-
 def trajectory_gap(
     model: LoadedModel,
     plan: SamplingPlan,
@@ -227,27 +242,19 @@ def trajectory_gap(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> GapReport:
-    fine, per = reference_grid(plan.grid, reference_nfe)
-    sums = {"baseline": torch.zeros(len(plan.grid), dtype=torch.float64), "aligned": torch.zeros(len(plan.grid), dtype=torch.float64)}
-    batches = math.ceil(num_samples / batch_size)
-    schedule = model.eps.schedule
-    for b in range(batches):
-        idx = range(b * batch_size, min(num_samples, (b + 1) * batch_size))
-        with torch.no_grad():
-            x_T = initial_noise(seed, idx, model.sample_shape, device)()
-            ref = run_sampler("ddim", model.eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]
-            for name, tau in (("baseline", None), ("aligned", taus)):
-                noise = initial_noise(seed + 1, idx, model.sample_shape, device)
-                states = run_sampler(plan.sampler, model.eps, x_T, plan.grid, tau, StepContext(schedule, plan.eta, noise), record=True)
-                sums[name] += torch.stack([(a - r).flatten(1).norm(dim=1).sum().cpu() for a, r in zip(states, ref)])
-        if progress:
-            progress(b + 1, batches, f"batch {b + 1}/{batches}")
+    sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in ("baseline", "aligned")}
+    for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, taus, model.sample_shape,
+                                      num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, device=device,
+                                      batch_size=batch_size, progress=progress):
+        for name in sums:
+            sums[name] += torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
+                                        for a, r in zip(states[name], states["reference"])], dtype=torch.float64)
     base = (sums["baseline"] / num_samples).tolist()
     aligned = (sums["aligned"] / num_samples).tolist()
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.trajectory, nfe=plan.nfe, num_samples=num_samples, seed=seed,
-        reference="ddim eta=0, every interval subdivided", reference_nfe=per * plan.nfe,
+        reference="ddim eta=0, every interval subdivided", reference_nfe=refine_grid(plan.grid, reference_nfe)[1] * plan.nfe,
         timesteps=list(plan.grid), taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),

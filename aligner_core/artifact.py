@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import DpmAlignError, UsageError
 from .schedule import ScheduleSpec
+from .validation import Validation
 
 SCHEMA_VERSION = 1
 
@@ -80,6 +81,7 @@ class TauArtifact(_Strict):
     trajectory: TrajectoryInfo
     taus: list[float] = Field(description="one per network evaluation, sampling order, network time units")
     fit: FitInfo
+    validation: Validation | None = Field(None, description="baseline vs aligned on held-out seeds (align --validate)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TauArtifact":

@@ -15,3 +15,9 @@ class UsageError(DpmAlignError):
     """Invalid arguments or input files (exit code 2)."""
 
     exit_code = 2
+
+
+class NotBetterError(DpmAlignError):
+    """Fitted taus did not beat the plain sampler in self-validation (exit code 3)."""
+
+    exit_code = 3

@@ -24,10 +24,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UsageError
+from .progress import Progress
 from .samplers import EpsFn, StepContext, get_sampler
 from .schedule import NoiseSchedule
 
-Progress = Callable[[int, int, str], None]
 
 
 class FitConfig(BaseModel):

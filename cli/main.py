@@ -1,4 +1,4 @@
-"""``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error, 2 usage error."""
+"""``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 not better."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from dpm_align.aligner_core import __version__
-from dpm_align.aligner_core.api import SamplingPlan, align, generate, resolve_plan, trajectory_gap
+from dpm_align.aligner_core.api import (
+    SamplingPlan,
+    ValidationSettings,
+    align,
+    generate,
+    not_better_message,
+    resolve_plan,
+    trajectory_gap,
+)
 from dpm_align.aligner_core.artifact import (
     cache_path,
     check_artifact_matches,
@@ -17,7 +25,7 @@ from dpm_align.aligner_core.artifact import (
     read_artifact,
     write_artifact,
 )
-from dpm_align.aligner_core.errors import UsageError
+from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
 from dpm_align.aligner_core.inspection import check_artifact, inspect_rows, plot_artifact
@@ -28,7 +36,8 @@ from .output import emit_json, handle_errors, progress_bar, stderr
 app = typer.Typer(
     name="dpm-align",
     help="Fit, store and use aligned timesteps (DPM-Aligner) for few-step diffusion sampling.\n\n"
-    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that does not belong to the model), 2 usage error.",
+    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that does not belong to the model), 2 usage error, "
+    "3 align: the fitted taus are not better than the plain sampler (nothing written).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -81,6 +90,10 @@ def align_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="override the preset: network batch size")] = None,
     out: Annotated[Optional[Path], typer.Option(help="also write the artifact here")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
+    validate: Annotated[bool, typer.Option(help="measure baseline vs aligned on held-out seeds after fitting")] = True,
+    validation_samples: Annotated[int, typer.Option(min=2, help="held-out samples for validation")] = 32,
+    validation_reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the validation reference")] = 100,
+    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if validation finds them not better")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     schedule: ScheduleOpt = None,
@@ -102,14 +115,22 @@ def align_cmd(
     for target in targets:
         ensure_writable(target)
     with progress_bar(f"aligning {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
-        artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress)
-    written = [str(write_artifact(artifact, target)) for target in targets]
+        artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
+                         validation=ValidationSettings(validation_samples, validation_reference_nfe) if validate else None)
+    problem = not_better_message(artifact)
+    written = [] if problem and not keep_worse else [str(write_artifact(artifact, target)) for target in targets]
     if json_out:
-        emit_json({"written": written, "artifact": artifact.model_dump(mode="json")})
-        return
-    _print_table(artifact)
-    for path in written:
-        typer.echo(f"wrote {path}")
+        emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
+                   "artifact": artifact.model_dump(mode="json")})
+    else:
+        _print_table(artifact)
+        for path in written:
+            typer.echo(f"wrote {path}")
+    if problem and not keep_worse:
+        raise NotBetterError(f"{problem}; nothing written: use the plain sampler, try another --preset or --strategy, "
+                             "or pass --keep-worse to write them anyway")
+    if problem:
+        stderr.print(f"warning: {problem}; written anyway (--keep-worse)", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("sample")
@@ -144,6 +165,8 @@ def sample_cmd(
     plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe,
                                           taus_path=taus, use_taus=not no_taus)
     chosen = artifact.taus if artifact is not None else None
+    if artifact is not None and not_better_message(artifact):
+        stderr.print(f"warning: {source}: {not_better_message(artifact)}", highlight=False, markup=False, soft_wrap=True)
     import torch
 
     chunks = []
@@ -212,6 +235,11 @@ def _print_table(artifact) -> None:
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
                f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
                f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
+    v = artifact.validation
+    if v is not None:
+        changes = ", ".join(f"{m} {v.baseline[m]:.4g} -> {v.aligned[m]:.4g}" for m in v.metrics)
+        typer.echo(f"validation ({v.num_samples} held-out samples, {v.reference_nfe}-step reference): {changes}: "
+                   f"{'better' if v.better else 'NOT better'}")
 
 
 @app.command("eval")

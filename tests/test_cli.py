@@ -16,7 +16,7 @@ class PickledObject:
     """An arbitrary Python object: a file holding one is refused by weights_only loading."""
 
 
-FAST = ("--iterations", "3", "--num-samples", "8", "--device", "cpu", "--quiet")
+FAST = ("--iterations", "3", "--num-samples", "8", "--device", "cpu", "--quiet", "--no-validate")
 
 
 def one_line_error(result, code: int, fragment: str) -> None:
@@ -44,7 +44,7 @@ def test_align_json_is_one_document_and_writes_cache_and_out(aligned, isolated_c
 
 
 def test_align_human_output_and_progress_on_stderr(cli, tiny_ckpt):
-    result = cli("align", "--model", tiny_ckpt, "--nfe", "2", "--iterations", "3", "--num-samples", "8", "--device", "cpu")
+    result = cli("align", "--model", tiny_ckpt, "--nfe", "2", "--iterations", "3", "--num-samples", "8", "--device", "cpu", "--keep-worse")
     assert result.exit_code == 0, result.output
     assert "tau_i - t_i" in result.stdout and "wrote " in result.stdout
     assert "aligning ddim uniform nfe=2" in result.stderr
@@ -198,3 +198,37 @@ def test_inspect_plot(cli, aligned, tmp_path):
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "taus.png").size[0] > 100
     one_line_error(cli("inspect", out, "--plot", tmp_path / "missing-dir" / "x.png"), 2, "choose a writable --plot path")
+
+
+# ------------------------------------------------------------------ self-validation
+def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
+    result = cli("align", "--model", "gmm", "--nfe", "5", "--trajectory", "quadratic", "--out", tmp_path / "t.json",
+                 "--validation-samples", "64", "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    document = parse_json(result)
+    validation = document["artifact"]["validation"]
+    assert document["better"] is True and validation["better"] is True
+    assert validation["aligned"]["end_l2"] < validation["baseline"]["end_l2"]
+    assert validation["num_samples"] == 64 and validation["reference_nfe"] == 100
+    assert read_artifact(tmp_path / "t.json").validation.better
+
+
+def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_path, isolated_cache, monkeypatch):
+    from dpm_align.aligner_core import api
+    from dpm_align.aligner_core.fit import FitResult
+
+    def bad_fit(eps, schedule, grid, *args, **kwargs):  # taus far off the grid: surely worse
+        return FitResult([t * 0.5 for t in grid[:-1]], [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
+
+    monkeypatch.setattr(api, "fit_taus", bad_fit)
+    out = tmp_path / "t.json"
+    base = ("align", "--model", tiny_ckpt, "--nfe", "3", "--out", out, "--device", "cpu", "--quiet")
+    result = cli(*base, "--json")
+    one_line_error(result, 3, "not better than the plain sampler")
+    assert parse_json(result)["better"] is False and parse_json(result)["written"] == []
+    assert not out.exists() and list(isolated_cache.iterdir()) == []
+    kept = cli(*base, "--keep-worse")
+    assert kept.exit_code == 0 and out.exists() and "written anyway (--keep-worse)" in kept.stderr
+    assert read_artifact(out).validation.better is False
+    sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
+    assert sampled.exit_code == 0 and "warning:" in sampled.stderr and "not better" in sampled.stderr

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpm_align.aligner_core.api import reference_grid
+from dpm_align.aligner_core.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.fit import PRESETS, fit_taus, resolve_config
 from dpm_align.aligner_core.samplers import StepContext, run_sampler
@@ -35,7 +35,7 @@ def test_sequential_fit_lowers_the_paper_loss_at_every_tuned_step(quadratic10):
 def test_fitted_taus_bring_the_end_point_closer_to_the_999_step_reference(gmm_eps, quadratic10):
     grid, result = quadratic10
     x = torch.randn(128, *SHAPE, generator=torch.Generator().manual_seed(99), dtype=torch.float64)  # held-out seeds
-    fine, _ = reference_grid(grid, 1000)
+    fine, _ = refine_grid(grid, 1000)
     ctx = StepContext(gmm_eps.schedule)
     ref = run_sampler("ddim", gmm_eps, x, fine, None, ctx)
     gap = {name: (run_sampler("ddim", gmm_eps, x, grid, taus, ctx) - ref).flatten(1).norm(dim=1).mean()

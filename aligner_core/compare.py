@@ -1,0 +1,58 @@
+"""Baseline vs aligned sampler against a high-NFE reference, from the same noise.
+
+Shared by ``eval`` (trajectory gap, Fig. 2) and the self-validation of ``align``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+
+from .progress import Progress
+from .samplers import PerSampleNoise, StepContext, run_sampler
+
+
+def refine_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float], int]:
+    """Subdivide every interval of ``grid`` into ``per`` equal parts (per * K >= reference_nfe),
+    so that the reference trajectory passes through every point of ``grid``."""
+    per = max(1, math.ceil(reference_nfe / (len(grid) - 1)))
+    fine = [grid[0]]
+    for t, s in zip(grid[:-1], grid[1:]):
+        fine.extend(t + (s - t) * (k / per) for k in range(1, per + 1))
+    return fine, per
+
+
+def paired_trajectories(
+    eps,
+    grid: Sequence[float],
+    sampler: str,
+    eta: float,
+    taus: Sequence[float],
+    sample_shape: Sequence[int],
+    *,
+    num_samples: int,
+    reference_nfe: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Per batch: the states at every point of ``grid`` of the reference (DDIM, eta=0, refined
+    grid), the baseline sampler (tau = t) and the aligned sampler (``taus``), all from the same
+    x_T; stochastic samplers share their step noise between baseline and aligned."""
+    fine, per = refine_grid(grid, reference_nfe)
+    schedule = eps.schedule
+    batches = math.ceil(num_samples / batch_size)
+    for b in range(batches):
+        idx = range(b * batch_size, min(num_samples, (b + 1) * batch_size))
+        with torch.no_grad():
+            x_T = PerSampleNoise(seed, idx, sample_shape, device)()
+            out = {"reference": run_sampler("ddim", eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]}
+            for name, chosen in (("baseline", None), ("aligned", taus)):
+                noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
+                out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise), record=True)
+        if progress:
+            progress(b + 1, batches, f"batch {b + 1}/{batches}")
+        yield out
