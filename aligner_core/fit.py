@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UsageError
 from .progress import Progress
-from .samplers import EpsFn, StepContext, get_sampler
+from .compare import refine_grid
+from .samplers import EpsFn, StepContext, get_sampler, run_sampler
 from .schedule import NoiseSchedule
 
 
@@ -43,6 +44,7 @@ class FitConfig(BaseModel):
     fresh_noise: bool = Field(False, description="draw new x_T / x_0 every adam iteration (Algorithm 1 lines 3-5)")
     tune_last_step: bool = Field(False, description="also fit the final step to t_0")
     window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
+    teacher_steps: int = Field(20, ge=2, description="teacher objective: DDIM sub-steps per interval")
 
 
 PRESETS: dict[str, FitConfig] = {
@@ -75,14 +77,16 @@ def resolve_config(preset: str, strategy: str | None = None, **overrides) -> Fit
 # ---------------------------------------------------------------- objectives
 @dataclass(frozen=True)
 class Objective:
-    """``target(eps, x_t, t)`` is computed once per sample (no tau in it); ``loss(eps, x_s, s,
-    target)`` returns one loss per sample for the state x_s reached with a candidate tau."""
+    """``target(eps, x_t, t, s, config)`` is computed once per sample (no tau in it);
+    ``loss(eps, x_s, s, target)`` returns one loss per sample for the state x_s reached from x_t
+    with a candidate tau. ``deterministic_only``: needs eta = 0."""
 
-    target: Callable[[EpsFn, torch.Tensor, float], torch.Tensor]
+    target: Callable[[EpsFn, torch.Tensor, float, float, "FitConfig"], torch.Tensor]
     loss: Callable[[EpsFn, torch.Tensor, float, torch.Tensor], torch.Tensor]
+    deterministic_only: bool = False
 
 
-def _paper_target(eps: EpsFn, x_t: torch.Tensor, t: float) -> torch.Tensor:
+def _paper_target(eps: EpsFn, x_t: torch.Tensor, t: float, s: float, config: "FitConfig") -> torch.Tensor:
     return eps(x_t, t)
 
 
@@ -91,7 +95,25 @@ def _paper_loss(eps: EpsFn, x_s: torch.Tensor, s: float, target: torch.Tensor) -
     return (eps(x_s, s) - target).square().flatten(1).mean(1)
 
 
-OBJECTIVES: dict[str, Objective] = {"paper": Objective(_paper_target, _paper_loss)}
+def _teacher_target(eps: EpsFn, x_t: torch.Tensor, t: float, s: float, config: "FitConfig") -> torch.Tensor:
+    # The state at s of a fine DDIM teacher (config.teacher_steps sub-steps) from the same x_t.
+    fine, _ = refine_grid([t, s], config.teacher_steps)
+    return run_sampler("ddim", eps, x_t, fine, None, StepContext(eps.schedule, 0.0))
+
+
+def _teacher_loss(eps: EpsFn, x_s: torch.Tensor, s: float, target: torch.Tensor) -> torch.Tensor:
+    # Per-step trajectory matching: || f(x_t, tau) - x_s^teacher ||^2 (mean over dimensions).
+    return (x_s - target).square().flatten(1).mean(1)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "paper": Objective(_paper_target, _paper_loss),
+    "teacher": Objective(_teacher_target, _teacher_loss, deterministic_only=True),
+}
+
+
+def objective_needs_eta0(name: str) -> bool:
+    return OBJECTIVES[name].deterministic_only
 
 
 # ---------------------------------------------------------------- the per-step problem
@@ -212,6 +234,8 @@ def fit_taus(
     spec = get_sampler(sampler)
     if spec.evals_per_step != 1:
         raise UsageError(f"fitting taus for {sampler} is not supported yet (needs one tau per evaluation)")
+    if objective_needs_eta0(config.objective) and eta > 0:
+        raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with eta = 0 (ddim)")
     if config.strategy == "parallel" and data is None:
         raise UsageError("the parallel strategy needs data: pass --data (an image folder, an .npz, or mnist|cifar10|digits)")
     start = time.perf_counter()
@@ -240,10 +264,10 @@ def fit_taus(
         a, s = schedule.coeffs(t)
         return a * data[idx].to(device=device, dtype=torch.float64) + s * randn(n)
 
-    def make_pool(x_t: torch.Tensor, t: float) -> Pool:
+    def make_pool(x_t: torch.Tensor, t: float, s: float) -> Pool:
         noise = randn(x_t.shape[0]) if eta > 0 else None
         with torch.no_grad():
-            target = torch.cat([objective.target(eps, x_t[i : i + config.batch_size], t)
+            target = torch.cat([objective.target(eps, x_t[i : i + config.batch_size], t, s, config)
                                 for i in range(0, x_t.shape[0], config.batch_size)])
         return Pool(x_t, noise, target)
 
@@ -251,14 +275,14 @@ def fit_taus(
     for j in range(steps):
         t, s = float(grid[j]), float(grid[j + 1])
         x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
-        pool = make_pool(x_t, t)
+        pool = make_pool(x_t, t, s)
         problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size)
 
-        def draw(pool=pool, t=t, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        def draw(pool=pool, t=t, s=s, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
             if config.fresh_noise:
                 n = config.batch_size
                 fresh = run_prefix(randn(n), j) if config.strategy == "sequential" else data_state(n, t)
-                return next(make_pool(fresh, t).batches(n))
+                return next(make_pool(fresh, t, s).batches(n))
             idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
             return pool.x_t[idx], None if pool.noise is None else pool.noise[idx], pool.target[idx]
 

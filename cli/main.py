@@ -84,6 +84,7 @@ def align_cmd(
     strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
     preset: Annotated[str, typer.Option(help="default | official (the paper code's Adam settings)")] = "default",
     data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="override the preset: paper (Eq. 5) | teacher (per-step match of a fine DDIM)")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="override the preset: golden | adam")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="override the preset: iterations per step")] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="override the preset: samples per step")] = None,
@@ -103,7 +104,7 @@ def align_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Fit aligned timesteps and write the tau artifact (cache and/or --out)."""
-    config = resolve_config(preset, strategy, optimizer=optimizer, iterations=iterations,
+    config = resolve_config(preset, strategy, objective=objective, optimizer=optimizer, iterations=iterations,
                             num_samples=num_samples, batch_size=batch_size)
     if out is not None:
         ensure_writable(out)
