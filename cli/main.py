@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from dpm_align.aligner_core import __version__
@@ -32,6 +34,8 @@ from dpm_align.aligner_core.inspection import check_artifact, inspect_rows, plot
 from dpm_align.aligner_core.loading import load_model, resolve_device
 
 from .output import emit_json, handle_errors, progress_bar, stderr
+
+stdout = Console(soft_wrap=True)
 
 app = typer.Typer(
     name="dpm-align",
@@ -168,8 +172,6 @@ def sample_cmd(
     chosen = artifact.taus if artifact is not None else None
     if artifact is not None and not_better_message(artifact):
         stderr.print(f"warning: {source}: {not_better_message(artifact)}", highlight=False, markup=False, soft_wrap=True)
-    import torch
-
     chunks = []
     with progress_bar(f"sampling {num_samples}", quiet) as progress:
         for _, x in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
@@ -224,15 +226,13 @@ def inspect_cmd(
 
 
 def _print_table(artifact) -> None:
-    from rich.console import Console
-
     table = Table(title=f"{artifact.key}  ({artifact.sampler.name} eta={artifact.sampler.eta:g}, "
                   f"{artifact.trajectory.kind}, nfe={artifact.trajectory.nfe})")
     for column in ("step", "t_i", "t_i-1", "tau_i", "tau_i - t_i", "loss before", "loss after"):
         table.add_column(column, justify="right")
     for row in inspect_rows(artifact):
         table.add_row(*row)
-    Console().print(table)
+    stdout.print(table)
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
                f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
                f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
@@ -277,9 +277,7 @@ def eval_cmd(
         table.add_column(column, justify="right")
     for t, b, a in zip(report.timesteps, report.gap_baseline, report.gap_aligned):
         table.add_row(f"{t:.1f}", f"{b:.4f}", f"{a:.4f}")
-    from rich.console import Console
-
-    Console().print(table)
+    stdout.print(table)
     change = (report.end_gap_ratio - 1) * 100
     typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
                f"({change:+.1f}%: {'better' if change < 0 else 'NOT better'})")
