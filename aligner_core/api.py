@@ -30,6 +30,7 @@ from .data import load_data
 from .errors import DpmAlignError
 from .fit import FitConfig, fit_taus
 from .loading import LoadedModel
+from .metrics import frechet_distance
 from .progress import Progress
 from .samplers import PerSampleNoise, StepContext, get_sampler, resolve_eta, run_sampler
 from .schedule import NoiseSchedule
@@ -205,9 +206,20 @@ def generate(
         yield lo, out
 
 
+class AblationRow(BaseModel):
+    """Fig. 6: the first ``aligned_steps`` taus (from t_K down) aligned, the rest plain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aligned_steps: int
+    end_l2: float
+    frechet_pixel: float
+
+
 class GapReport(BaseModel):
     """Fig. 2: per grid point, mean L2 between the few-step sampler's state and a high-NFE
-    deterministic reference trajectory (DDIM, eta=0) from the same x_T."""
+    deterministic reference trajectory (DDIM, eta=0) from the same x_T; plus the pixel-space
+    Fréchet distance of the end points to the reference's end points, and optionally Fig. 6."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -228,6 +240,9 @@ class GapReport(BaseModel):
     end_gap_baseline: float
     end_gap_aligned: float
     end_gap_ratio: float
+    frechet_pixel_baseline: float
+    frechet_pixel_aligned: float
+    ablation: list[AblationRow] | None = None
 
 
 def trajectory_gap(
@@ -239,18 +254,31 @@ def trajectory_gap(
     batch_size: int = 64,
     reference_nfe: int = 1000,
     seed: int = 0,
+    ablation: bool = False,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> GapReport:
-    sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in ("baseline", "aligned")}
-    for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, taus, model.sample_shape,
+    candidates: dict[str, Sequence[float] | None] = {"baseline": None, "aligned": taus}
+    if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
+        candidates.update({f"first-{k}": [*taus[:k], *plan.grid[k:-1]] for k in range(1, plan.nfe)})
+    sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in candidates}
+    ends: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *candidates)}
+    for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, candidates, model.sample_shape,
                                       num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, device=device,
                                       batch_size=batch_size, progress=progress):
+        for name in ends:
+            ends[name].append(states[name][-1].cpu())
         for name in sums:
             sums[name] += torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
                                         for a, r in zip(states[name], states["reference"])], dtype=torch.float64)
-    base = (sums["baseline"] / num_samples).tolist()
-    aligned = (sums["aligned"] / num_samples).tolist()
+    reference = torch.cat(ends["reference"])
+    frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
+    gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
+    base, aligned = gaps["baseline"], gaps["aligned"]
+    rows = None
+    if ablation:
+        names = ["baseline", *[f"first-{k}" for k in range(1, plan.nfe)], "aligned"]
+        rows = [AblationRow(aligned_steps=k, end_l2=gaps[name][-1], frechet_pixel=frechet[name]) for k, name in enumerate(names)]
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.trajectory, nfe=plan.nfe, num_samples=num_samples, seed=seed,
@@ -258,4 +286,5 @@ def trajectory_gap(
         timesteps=list(plan.grid), taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
+        frechet_pixel_baseline=frechet["baseline"], frechet_pixel_aligned=frechet["aligned"], ablation=rows,
     )

@@ -29,7 +29,7 @@ def paired_trajectories(
     grid: Sequence[float],
     sampler: str,
     eta: float,
-    taus: Sequence[float],
+    candidates: dict[str, Sequence[float] | None],
     sample_shape: Sequence[int],
     *,
     num_samples: int,
@@ -40,8 +40,9 @@ def paired_trajectories(
     progress: Progress | None = None,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per batch: the states at every point of ``grid`` of the reference (DDIM, eta=0, refined
-    grid), the baseline sampler (tau = t) and the aligned sampler (``taus``), all from the same
-    x_T; stochastic samplers share their step noise between baseline and aligned."""
+    grid) under the name "reference", and of the sampler with each of ``candidates`` (name ->
+    taus; None = plain sampler), all from the same x_T; stochastic samplers share their step
+    noise between candidates."""
     fine, per = refine_grid(grid, reference_nfe)
     schedule = eps.schedule
     batches = math.ceil(num_samples / batch_size)
@@ -50,7 +51,7 @@ def paired_trajectories(
         with torch.no_grad():
             x_T = PerSampleNoise(seed, idx, sample_shape, device)()
             out = {"reference": run_sampler("ddim", eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]}
-            for name, chosen in (("baseline", None), ("aligned", taus)):
+            for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
                 out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise), record=True)
         if progress:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .artifact import TauArtifact
-from .errors import DpmAlignError, UsageError
+from .errors import DpmAlignError
 from .schedule import NoiseSchedule
 from .trajectory import make_grid
 
@@ -50,35 +50,3 @@ def check_artifact(artifact: TauArtifact, atol: float = 1e-6) -> list[str]:
         f"{len(artifact.taus)} finite taus",
     ]
 
-
-def plot_artifact(artifact: TauArtifact, path) -> None:
-    """PNG with tau_i - t_i per step and the per-step loss before/after fitting (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'dpm-align[plot]'") from None
-    grid = artifact.trajectory.timesteps[:-1]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.axhline(0.0, color="grey", lw=0.8)
-    ax1.plot(grid, [tau - t for tau, t in zip(artifact.taus, grid)], "o-")
-    ax1.set(xlabel="t_i", ylabel="tau_i - t_i", title="aligned minus grid time")
-    ax1.invert_xaxis()
-    tuned = [(t, b, a) for t, b, a in zip(grid, artifact.fit.loss_before, artifact.fit.loss_after) if b is not None]
-    if tuned:
-        ts, before, after = zip(*tuned)
-        ax2.semilogy(ts, before, "o-", label="t_i (before)")
-        ax2.semilogy(ts, after, "o-", label="tau_i (after)")
-        ax2.legend()
-    ax2.set(xlabel="t_i", ylabel=f"{artifact.fit.objective} loss", title="per-step loss")
-    ax2.invert_xaxis()
-    fig.suptitle(artifact.key, fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --plot path") from None
-    finally:
-        plt.close(fig)

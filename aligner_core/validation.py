@@ -53,7 +53,8 @@ def validate(
 ) -> Validation:
     seed = seed + HELD_OUT_SEED_OFFSET
     ends: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
-    for states in paired_trajectories(eps, grid, sampler, eta, taus, sample_shape, num_samples=num_samples,
+    for states in paired_trajectories(eps, grid, sampler, eta, {"baseline": None, "aligned": taus}, sample_shape,
+                                      num_samples=num_samples,
                                       reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size):
         for name, trajectory in states.items():
             ends[name].append(trajectory[-1].cpu())

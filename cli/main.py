@@ -30,7 +30,8 @@ from dpm_align.aligner_core.artifact import (
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
-from dpm_align.aligner_core.inspection import check_artifact, inspect_rows, plot_artifact
+from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
+from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.loading import load_model, resolve_device
 
 from .output import emit_json, handle_errors, progress_bar, stderr
@@ -250,6 +251,8 @@ def eval_cmd(
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the DDIM reference trajectory")] = 1000,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
     nfe: NfeOpt = None,
     sampler: SamplerOpt = None,
@@ -264,11 +267,18 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end."""
+    if plot is not None:
+        prepare_out_dir(plot)
     loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
     plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, taus_path=taus)
     with progress_bar(f"eval {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
-                                reference_nfe=reference_nfe, seed=seed, device=dev, progress=progress)
+                                reference_nfe=reference_nfe, seed=seed, ablation=ablation, device=dev, progress=progress)
+    if plot is not None:
+        plot_gap(report, plot / "gap.png")
+        plot_artifact(artifact, plot / "taus.png")
+        if report.ablation:
+            plot_ablation(report, plot / "ablation.png")
     if json_out:
         emit_json(report.model_dump(mode="json"))
         return
@@ -278,9 +288,18 @@ def eval_cmd(
     for t, b, a in zip(report.timesteps, report.gap_baseline, report.gap_aligned):
         table.add_row(f"{t:.1f}", f"{b:.4f}", f"{a:.4f}")
     stdout.print(table)
+    if report.ablation:
+        table = Table(title="ablation (Fig. 6): the first k steps aligned, from t_K down")
+        for column in ("k", "end-point L2", "pixel FD"):
+            table.add_column(column, justify="right")
+        for row in report.ablation:
+            table.add_row(str(row.aligned_steps), f"{row.end_l2:.4f}", f"{row.frechet_pixel:.4f}")
+        stdout.print(table)
     change = (report.end_gap_ratio - 1) * 100
     typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
                f"({change:+.1f}%: {'better' if change < 0 else 'NOT better'})")
+    typer.echo(f"pixel Fréchet distance to the reference samples: baseline {report.frechet_pixel_baseline:.4f}, "
+               f"aligned {report.frechet_pixel_aligned:.4f}")
 
 
 def run() -> None:

@@ -110,6 +110,19 @@ def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
     assert report["end_gap_aligned"] == report["gap_aligned"][-1]
 
 
+def test_eval_ablation_and_plots(cli, aligned, tiny_ckpt, tmp_path):
+    out, _ = aligned
+    result = cli("eval", "--model", tiny_ckpt, "--taus", out, "-n", "6", "--reference-nfe", "30", "--ablation",
+                 "--plot", tmp_path / "plots", "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    report = parse_json(result)
+    rows = report["ablation"]
+    assert [row["aligned_steps"] for row in rows] == [0, 1, 2, 3]
+    assert rows[0]["end_l2"] == report["end_gap_baseline"] and rows[-1]["end_l2"] == report["end_gap_aligned"]
+    assert rows[-1]["frechet_pixel"] == report["frechet_pixel_aligned"]
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"gap.png", "taus.png", "ablation.png"}
+
+
 def test_version(cli):
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout.startswith("dpm-align ")
@@ -197,7 +210,7 @@ def test_inspect_plot(cli, aligned, tmp_path):
     result = cli("inspect", out, "--plot", tmp_path / "taus.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "taus.png").size[0] > 100
-    one_line_error(cli("inspect", out, "--plot", tmp_path / "missing-dir" / "x.png"), 2, "choose a writable --plot path")
+    one_line_error(cli("inspect", out, "--plot", tmp_path / "missing-dir" / "x.png"), 2, "choose a writable plot path")
 
 
 # ------------------------------------------------------------------ self-validation
