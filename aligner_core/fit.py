@@ -274,27 +274,33 @@ def fit_taus(
     state = randn(config.num_samples) if config.strategy == "sequential" else None
     for j in range(steps):
         t, s = float(grid[j]), float(grid[j + 1])
-        x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
-        pool = make_pool(x_t, t, s)
         problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size)
-
-        def draw(pool=pool, t=t, s=s, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-            if config.fresh_noise:
-                n = config.batch_size
-                fresh = run_prefix(randn(n), j) if config.strategy == "sequential" else data_state(n, t)
-                return next(make_pool(fresh, t, s).batches(n))
-            idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
-            return pool.x_t[idx], None if pool.noise is None else pool.noise[idx], pool.target[idx]
-
+        step_noise = None
         if j < steps - 1 or config.tune_last_step:
+            x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
+            pool = make_pool(x_t, t, s)
+            step_noise = pool.noise
+
+            def draw(pool=pool, t=t, s=s, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                if config.fresh_noise:
+                    n = config.batch_size
+                    fresh = run_prefix(randn(n), j) if config.strategy == "sequential" else data_state(n, t)
+                    return next(make_pool(fresh, t, s).batches(n))
+                idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
+                return pool.x_t[idx], None if pool.noise is None else pool.noise[idx], pool.target[idx]
+
             if progress:
                 progress(j, steps, f"step {j + 1}/{steps}: t={t:.1f} -> {s:.1f}")
             before[j] = problem.mean_loss(t, pool)
             taus[j] = optimize(problem, pool, draw, config)
             after[j] = problem.mean_loss(taus[j], pool)
-        if config.strategy == "sequential":
+        if config.strategy == "sequential" and j < steps - 1:  # advance the trajectories with the fitted tau
+            if step_noise is None and eta > 0:
+                step_noise = randn(state.shape[0])
+            bs = config.batch_size
             with torch.no_grad():
-                state = torch.cat([problem.advance(taus[j], xb, nb) for xb, nb, _ in pool.batches(config.batch_size)])
+                state = torch.cat([problem.advance(taus[j], state[i : i + bs], None if step_noise is None else step_noise[i : i + bs])
+                                   for i in range(0, state.shape[0], bs)])
     if progress:
         progress(steps, steps, "done")
     return FitResult(taus, before, after, time.perf_counter() - start)
