@@ -20,6 +20,7 @@ from .artifact import (
     TauArtifact,
     TrajectoryInfo,
     artifact_key,
+    trajectory_label,
     cache_path,
     check_artifact_matches,
     read_artifact,
@@ -27,14 +28,14 @@ from .artifact import (
 )
 from .compare import paired_trajectories, refine_grid
 from .data import load_data
-from .errors import DpmAlignError
+from .errors import DpmAlignError, UsageError
 from .fit import FitConfig, fit_taus
 from .loading import LoadedModel
 from .metrics import frechet_distance
 from .progress import Progress
-from .samplers import PerSampleNoise, StepContext, get_sampler, resolve_eta, run_sampler
+from .samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
 from .schedule import NoiseSchedule
-from .trajectory import make_grid
+from .trajectory import make_grid, resolve_rho
 from .validation import validate
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
@@ -48,29 +49,50 @@ class SamplingPlan:
     eta: float
     trajectory: str
     nfe: int
+    rho: float | None
     grid: tuple[float, ...]
+    eval_times: tuple[float, ...]  # the plain sampler's network time of every evaluation
 
     @classmethod
-    def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int) -> "SamplingPlan":
-        get_sampler(sampler)
+    def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int,
+             rho: float | None = None) -> "SamplingPlan":
+        per = get_sampler(sampler).evals_per_step
         eta = resolve_eta(sampler, eta)
-        return cls(sampler, eta, trajectory, nfe, tuple(make_grid(trajectory, nfe, schedule)))
+        limit = per * schedule.num_train_timesteps
+        if not per <= nfe <= limit:
+            raise UsageError(f"--nfe {nfe} is out of range; use {per} to {limit} for {sampler} "
+                             f"({per} network evaluation(s) per step, at most num_train_timesteps steps)")
+        if nfe % per:
+            raise UsageError(f"--nfe {nfe} is not a multiple of {per}: {sampler} makes {per} network evaluations per step")
+        grid = make_grid(trajectory, nfe // per, schedule, rho)
+        return cls(sampler, eta, trajectory, nfe, resolve_rho(trajectory, rho), tuple(grid),
+                   tuple(nominal_eval_times(sampler, grid, schedule)))
 
     @classmethod
     def make_with_defaults(cls, schedule: NoiseSchedule, sampler: str | None, eta: float | None,
-                           trajectory: str | None, nfe: int | None) -> "SamplingPlan":
-        """``make`` with the defaults (ddim, uniform, 10 steps) for the options left out (None)."""
+                           trajectory: str | None, nfe: int | None, rho: float | None = None) -> "SamplingPlan":
+        """``make`` with the defaults (ddim, uniform, NFE 10) for the options left out (None)."""
         return cls.make(schedule, DEFAULT_SAMPLER if sampler is None else sampler, eta,
-                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe)
+                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe, rho)
+
+    @property
+    def steps(self) -> int:
+        return len(self.grid) - 1
+
+    @property
+    def label(self) -> str:
+        return trajectory_label(self.trajectory, self.rho)
 
     def key(self, model: LoadedModel) -> str:
-        return artifact_key(model.info.sha256, self.sampler, self.eta, self.trajectory, self.nfe)
+        return artifact_key(model.info.sha256, self.sampler, self.eta, self.label, self.nfe)
 
     def trajectory_info(self, schedule: NoiseSchedule) -> TrajectoryInfo:
         grid = torch.tensor(self.grid, dtype=torch.float64)
         return TrajectoryInfo(
             kind=self.trajectory,
             nfe=self.nfe,
+            steps=self.steps,
+            rho=self.rho,
             timesteps=list(self.grid),
             alphas=schedule.alpha(grid).tolist(),
             sigmas=schedule.sigma(grid).tolist(),
@@ -110,6 +132,7 @@ def align(
         sampler=SamplerInfo(name=plan.sampler, eta=plan.eta),
         trajectory=plan.trajectory_info(model.eps.schedule),
         taus=result.taus,
+        eval_times=list(plan.eval_times),
         fit=FitInfo(
             strategy=config.strategy,
             objective=config.objective,
@@ -151,6 +174,7 @@ def resolve_plan(
     eta: float | None,
     trajectory: str | None,
     nfe: int | None,
+    rho: float | None = None,
     taus_path: Path | None = None,
     use_taus: bool = True,
 ) -> tuple[SamplingPlan, TauArtifact | None, Path | None]:
@@ -160,11 +184,13 @@ def resolve_plan(
     schedule = model.eps.schedule
     if taus_path is not None and use_taus:
         artifact = read_artifact(taus_path)
-        check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=trajectory, nfe=nfe,
+        label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho))
+        check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=label, nfe=nfe,
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta), path=taus_path)
-        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, artifact.trajectory.kind, artifact.trajectory.nfe)
+        traj = artifact.trajectory
+        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho)
         return plan, artifact, Path(taus_path)
-    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe)
+    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho)
     if not use_taus:
         return plan, None, None
     path = cache_path(plan.key(model))
@@ -175,7 +201,7 @@ def resolve_plan(
         )
     artifact = read_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
-                           trajectory=plan.trajectory, nfe=plan.nfe, path=path)
+                           trajectory=plan.label, nfe=plan.nfe, path=path)
     return plan, artifact, path
 
 
@@ -259,8 +285,9 @@ def trajectory_gap(
     progress: Progress | None = None,
 ) -> GapReport:
     candidates: dict[str, Sequence[float] | None] = {"baseline": None, "aligned": taus}
+    per = len(plan.eval_times) // plan.steps
     if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
-        candidates.update({f"first-{k}": [*taus[:k], *plan.grid[k:-1]] for k in range(1, plan.nfe)})
+        candidates.update({f"first-{k}": [*taus[: k * per], *plan.eval_times[k * per :]] for k in range(1, plan.steps)})
     sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in candidates}
     ends: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *candidates)}
     for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, candidates, model.sample_shape,
@@ -277,12 +304,12 @@ def trajectory_gap(
     base, aligned = gaps["baseline"], gaps["aligned"]
     rows = None
     if ablation:
-        names = ["baseline", *[f"first-{k}" for k in range(1, plan.nfe)], "aligned"]
+        names = ["baseline", *[f"first-{k}" for k in range(1, plan.steps)], "aligned"]
         rows = [AblationRow(aligned_steps=k, end_l2=gaps[name][-1], frechet_pixel=frechet[name]) for k, name in enumerate(names)]
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
-        trajectory=plan.trajectory, nfe=plan.nfe, num_samples=num_samples, seed=seed,
-        reference="ddim eta=0, every interval subdivided", reference_nfe=refine_grid(plan.grid, reference_nfe)[1] * plan.nfe,
+        trajectory=plan.label, nfe=plan.nfe, num_samples=num_samples, seed=seed,
+        reference="ddim eta=0, every interval subdivided", reference_nfe=refine_grid(plan.grid, reference_nfe)[1] * plan.steps,
         timesteps=list(plan.grid), taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),

@@ -20,7 +20,8 @@ from .errors import DpmAlignError, UsageError
 from .schedule import ScheduleSpec
 from .validation import Validation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class _Strict(BaseModel):
@@ -43,17 +44,25 @@ class SamplerInfo(_Strict):
 
 class TrajectoryInfo(_Strict):
     kind: str
-    nfe: int
+    nfe: int = Field(description="network evaluations = steps x evaluations per step")
+    steps: int = Field(description="K, the number of sampler steps")
+    rho: float | None = Field(None, description="edm trajectory only")
     timesteps: list[float] = Field(description="K+1 grid points, sampling order, first = start")
     alphas: list[float]
     sigmas: list[float]
 
     @model_validator(mode="after")
     def _lengths(self) -> "TrajectoryInfo":
-        n = self.nfe + 1
+        n = self.steps + 1
         if not (len(self.timesteps) == len(self.alphas) == len(self.sigmas) == n):
-            raise ValueError(f"timesteps, alphas and sigmas must each have nfe+1 = {n} values")
+            raise ValueError(f"timesteps, alphas and sigmas must each have steps+1 = {n} values")
+        if self.steps < 1 or self.nfe % self.steps:
+            raise ValueError(f"nfe {self.nfe} is not a multiple of steps {self.steps}")
         return self
+
+    @property
+    def label(self) -> str:
+        return trajectory_label(self.kind, self.rho)
 
 
 class FitInfo(_Strict):
@@ -72,7 +81,7 @@ class FitInfo(_Strict):
 
 
 class TauArtifact(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     dpm_align_version: str
     created: datetime
     key: str
@@ -80,22 +89,45 @@ class TauArtifact(_Strict):
     sampler: SamplerInfo
     trajectory: TrajectoryInfo
     taus: list[float] = Field(description="one per network evaluation, sampling order, network time units")
+    eval_times: list[float] = Field(description="the plain sampler's network time of each evaluation (what taus replace)")
     fit: FitInfo
     validation: Validation | None = Field(None, description="baseline vs aligned on held-out seeds (align --validate)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TauArtifact":
-        if len(self.taus) != self.trajectory.nfe:
-            raise ValueError(f"taus has {len(self.taus)} values; trajectory.nfe is {self.trajectory.nfe}")
-        expected = artifact_key(self.model.sha256, self.sampler.name, self.sampler.eta, self.trajectory.kind, self.trajectory.nfe)
+        n = self.trajectory.nfe
+        for name in ("taus", "eval_times"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values; trajectory.nfe is {n}")
+        for name in ("loss_before", "loss_after"):
+            if len(getattr(self.fit, name)) != n:
+                raise ValueError(f"fit.{name} has {len(getattr(self.fit, name))} values; trajectory.nfe is {n}")
+        expected = artifact_key(self.model.sha256, self.sampler.name, self.sampler.eta, self.trajectory.label, n)
         if self.key != expected:
             raise ValueError(f"key {self.key!r} does not match its contents (expected {expected!r})")
         return self
 
 
+def trajectory_label(kind: str, rho: float | None = None) -> str:
+    """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``)."""
+    return f"{kind}-rho{rho:g}" if rho is not None else kind
+
+
 def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int) -> str:
-    """model sha256 (first 16 hex digits) + sampler + eta + trajectory + NFE, filename-safe."""
+    """model sha256 (first 16 hex digits) + sampler + eta + trajectory label + NFE, filename-safe."""
     return f"{model_sha256[:16]}-{sampler}-eta{eta:g}-{trajectory}-nfe{nfe}"
+
+
+def upgrade_v1(data: dict) -> dict:
+    """Schema v1 (one evaluation per step) -> v2: add trajectory.steps/rho and eval_times."""
+    data = dict(data, schema_version=2)
+    trajectory = dict(data.get("trajectory") or {})
+    if "nfe" in trajectory:
+        trajectory.setdefault("steps", trajectory["nfe"])
+    if "timesteps" in trajectory:
+        data.setdefault("eval_times", list(trajectory["timesteps"][:-1]))
+    data["trajectory"] = trajectory
+    return data
 
 
 def utc_now() -> datetime:
@@ -162,11 +194,13 @@ def read_artifact(path: Path) -> TauArtifact:
             f"artifact {path} is not valid JSON ({exc.msg} at line {exc.lineno}; truncated?); "
             "re-create it with `dpm-align align`"
         ) from None
-    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+    if isinstance(data, dict) and data.get("schema_version") not in (None, *READABLE_VERSIONS):
         raise UsageError(
             f"artifact {path} has schema_version {data.get('schema_version')!r}; this dpm-align reads "
-            f"version {SCHEMA_VERSION}: upgrade dpm-align or re-create the artifact"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}: upgrade dpm-align or re-create the artifact"
         )
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        data = upgrade_v1(data)
     try:
         return TauArtifact.model_validate(data)
     except ValidationError as exc:
@@ -188,7 +222,8 @@ def check_artifact_matches(
     nfe: int | None = None,
     path: Path | str = "artifact",
 ) -> None:
-    """Refuse an artifact fitted for another model, schedule, sampler or trajectory."""
+    """Refuse an artifact fitted for another model, schedule, sampler or trajectory
+    (``trajectory`` is compared with the artifact's label: the kind, plus rho for edm)."""
     problems = []
     if artifact.model.sha256 != model.sha256:
         problems.append(f"model sha256 {artifact.model.sha256[:16]}… != {model.sha256[:16]}…")
@@ -201,8 +236,8 @@ def check_artifact_matches(
         problems.append(f"sampler {artifact.sampler.name} != {sampler}")
     if eta is not None and artifact.sampler.eta != eta:
         problems.append(f"eta {artifact.sampler.eta:g} != {eta:g}")
-    if trajectory is not None and artifact.trajectory.kind != trajectory:
-        problems.append(f"trajectory {artifact.trajectory.kind} != {trajectory}")
+    if trajectory is not None and artifact.trajectory.label != trajectory:
+        problems.append(f"trajectory {artifact.trajectory.label} != {trajectory}")
     if nfe is not None and artifact.trajectory.nfe != nfe:
         problems.append(f"nfe {artifact.trajectory.nfe} != {nfe}")
     if problems:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import UsageError
 from .progress import Progress
 from .compare import refine_grid
-from .samplers import EpsFn, StepContext, get_sampler, run_sampler
+from .samplers import EpsFn, StepContext, get_sampler, nominal_eval_times, run_sampler
 from .schedule import NoiseSchedule
 
 
@@ -119,7 +119,8 @@ def objective_needs_eta0(name: str) -> bool:
 # ---------------------------------------------------------------- the per-step problem
 @dataclass
 class StepProblem:
-    """Everything needed to evaluate the objective of one step as a function of its tau."""
+    """The objective of one step t -> s as a function of the tau of one of its evaluations
+    (``index``); the step's other evaluations keep their current ``taus``."""
 
     eps: EpsFn
     step: Callable[..., torch.Tensor]
@@ -129,11 +130,15 @@ class StepProblem:
     t: float
     s: float
     batch_size: int
+    taus: list  # the step's current taus, one per network evaluation
+    index: int  # the evaluation being fitted
+    center: float  # its nominal network time (tau = center is the plain sampler)
 
     def advance(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One aligned step x_t -> x_s (Eq. 4) with the given step noise (used when eta > 0)."""
         ctx = StepContext(self.schedule, self.eta, (lambda: noise) if noise is not None else None)
-        return self.step(self.eps, x_t, self.t, self.s, [tau], ctx)
+        taus = [tau if k == self.index else v for k, v in enumerate(self.taus)]
+        return self.step(self.eps, x_t, self.t, self.s, taus, ctx)
 
     def losses(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
         return self.objective.loss(self.eps, self.advance(tau, x_t, noise), self.s, target)
@@ -168,12 +173,13 @@ BatchSource = Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor
 
 # ---------------------------------------------------------------- optimizers
 def golden_search(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
-    """Golden-section search of the pool-mean objective over tau in t +- window * (t - s).
+    """Golden-section search of the pool-mean objective over tau in center +- window * (t - s).
 
-    Deterministic (fixed pool, no gradients); keeps tau = t unless a better value is found.
+    Deterministic (fixed pool, no gradients); keeps tau = center (the plain sampler's time)
+    unless a better value is found.
     """
-    t, s = problem.t, problem.s
-    lo, hi = max(0.0, t - config.window * (t - s)), t + config.window * (t - s)
+    t, s, center = problem.t, problem.s, problem.center
+    lo, hi = max(0.0, center - config.window * (t - s)), center + config.window * (t - s)
     inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
     c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
     fc, fd = problem.mean_loss(c, pool), problem.mean_loss(d, pool)
@@ -187,20 +193,21 @@ def golden_search(problem: StepProblem, pool: Pool, draw: BatchSource, config: F
             d = lo + inv_phi * (hi - lo)
             fd = problem.mean_loss(d, pool)
     best, fbest = (c, fc) if fc < fd else (d, fd)
-    return best if fbest < problem.mean_loss(t, pool) else t
+    return best if fbest < problem.mean_loss(center, pool) else center
 
 
 def adam_ratio(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
-    """The official optimizer: tau = r * t, r initialised at 1, Adam on minibatches."""
+    """The official optimizer: tau = r * t (t: the evaluation's nominal time), r initialised at 1,
+    Adam on minibatches."""
     r = torch.ones((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([r], lr=config.lr)
     for _ in range(config.iterations):
         x_t, noise, target = draw()
-        loss = problem.losses(r * problem.t, x_t, noise, target).mean()
+        loss = problem.losses(r * problem.center, x_t, noise, target).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(r.detach()) * problem.t
+    return float(r.detach()) * problem.center
 
 
 Optimizer = Callable[[StepProblem, Pool, BatchSource, FitConfig], float]
@@ -230,10 +237,9 @@ def fit_taus(
     data: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
-    """Fit one tau per step of ``grid`` (sampling order). Same seed + device -> same taus."""
+    """Fit one tau per network evaluation along ``grid`` (sampling order): step by step from t_K,
+    and within a step one evaluation at a time. Same seed + device -> same taus."""
     spec = get_sampler(sampler)
-    if spec.evals_per_step != 1:
-        raise UsageError(f"fitting taus for {sampler} is not supported yet (needs one tau per evaluation)")
     if objective_needs_eta0(config.objective) and eta > 0:
         raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with eta = 0 (ddim)")
     if config.strategy == "parallel" and data is None:
@@ -243,10 +249,11 @@ def fit_taus(
     shape = tuple(sample_shape)
     objective = OBJECTIVES[config.objective]
     optimize = OPTIMIZERS[config.optimizer]
-    steps = len(grid) - 1
-    taus = [float(t) for t in grid[:-1]]
-    before: list[float | None] = [None] * steps
-    after: list[float | None] = [None] * steps
+    steps, per = len(grid) - 1, spec.evals_per_step
+    nominal = nominal_eval_times(sampler, grid, schedule)
+    taus = list(nominal)
+    before: list[float | None] = [None] * len(taus)
+    after: list[float | None] = [None] * len(taus)
 
     def randn(n: int) -> torch.Tensor:
         return torch.randn((n, *shape), generator=gen, dtype=torch.float64).to(device)
@@ -256,7 +263,7 @@ def fit_taus(
         with torch.no_grad():
             for j in range(upto):
                 ctx = StepContext(schedule, eta, (lambda n=x.shape[0]: randn(n)) if eta > 0 else None)
-                x = spec.step(eps, x, grid[j], grid[j + 1], [taus[j]], ctx)
+                x = spec.step(eps, x, grid[j], grid[j + 1], taus[j * per : (j + 1) * per], ctx)
         return x
 
     def data_state(n: int, t: float) -> torch.Tensor:
@@ -274,7 +281,7 @@ def fit_taus(
     state = randn(config.num_samples) if config.strategy == "sequential" else None
     for j in range(steps):
         t, s = float(grid[j]), float(grid[j + 1])
-        problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size)
+        evals = range(j * per, (j + 1) * per)
         step_noise = None
         if j < steps - 1 or config.tune_last_step:
             x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
@@ -291,15 +298,21 @@ def fit_taus(
 
             if progress:
                 progress(j, steps, f"step {j + 1}/{steps}: t={t:.1f} -> {s:.1f}")
-            before[j] = problem.mean_loss(t, pool)
-            taus[j] = optimize(problem, pool, draw, config)
-            after[j] = problem.mean_loss(taus[j], pool)
-        if config.strategy == "sequential" and j < steps - 1:  # advance the trajectories with the fitted tau
+            for k, e in enumerate(evals):
+                problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size,
+                                      taus[evals.start : evals.stop], k, nominal[e])
+                before[e] = problem.mean_loss(nominal[e], pool)
+                taus[e] = optimize(problem, pool, draw, config)
+                after[e] = problem.mean_loss(taus[e], pool)
+        if config.strategy == "sequential" and j < steps - 1:  # advance the trajectories with the fitted taus
             if step_noise is None and eta > 0:
                 step_noise = randn(state.shape[0])
+            problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size,
+                                  taus[evals.start : evals.stop], 0, taus[evals.start])
             bs = config.batch_size
             with torch.no_grad():
-                state = torch.cat([problem.advance(taus[j], state[i : i + bs], None if step_noise is None else step_noise[i : i + bs])
+                state = torch.cat([problem.advance(taus[evals.start], state[i : i + bs],
+                                                   None if step_noise is None else step_noise[i : i + bs])
                                    for i in range(0, state.shape[0], bs)])
     if progress:
         progress(steps, steps, "done")

@@ -6,20 +6,34 @@ Accepted ``--model`` forms:
 - a bare diffusers ``unet/`` directory (``config.json`` + weights) plus ``--schedule``;
 - the project's checkpoint: ``NAME.safetensors`` or ``NAME.pt`` beside ``NAME.json``
   (a ``CheckpointConfig``), or a directory holding ``model.safetensors`` + ``config.json``;
-- ``gmm[:dim=64,components=8,seed=0]``: the exact eps of a Gaussian mixture (``gmm.py``).
+- ``gmm[:dim=64,components=8,seed=0]``: the exact eps of a Gaussian mixture (``gmm.py``);
+- a TorchScript file (``torch.jit.save``, any suffix), detected by its archive members;
+- ``package.module:function``: a Python factory returning the ``nn.Module``;
+- a state dict (``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin``) plus ``arch="package.module:Class"``
+  and ``arch_config`` (a JSON file of constructor keyword arguments);
+- a pickled whole ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle``.
+TorchScript and pickled modules take schedule / prediction type / sample shape from a sidecar
+``NAME.json`` (a ``SidecarConfig``) or the keyword arguments (which win); factories and ``arch``
+take them from the keyword arguments only (schedule ``linear`` and ``epsilon`` by default).
+All networks are called as ``net(x, t)`` and return the prediction tensor, and are keyed by
+``weights_sha256`` of their state dict, whatever form they came in.
 ``.pt`` files load with ``torch.load(weights_only=True)`` unless ``trust_pickle`` is set.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import numbers
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
 from torch import nn
 
 from .artifact import ModelInfo
@@ -30,6 +44,9 @@ from .schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
 DEMO_DIR = Path(__file__).parent / "demo"
 CHECKPOINT_FORMAT = "dpm-align-checkpoint"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+SCHEDULE_HINT = f"--schedule {' | '.join(BETA_SCHEDULES)} | path/to/scheduler_config.json"
+_IMPORT_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class CheckpointConfig(BaseModel):
@@ -44,6 +61,24 @@ class CheckpointConfig(BaseModel):
     schedule: ScheduleSpec
     sample_shape: tuple[int, int, int]
     description: str = ""
+
+
+class SidecarConfig(BaseModel):
+    """``NAME.json`` beside a TorchScript file or a pickled module: what the network itself does
+    not say. Every field may be missing when the keyword arguments (CLI options) give it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: ScheduleSpec | None = None
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    sample_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    description: str = ""
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_name(cls, value: Any) -> Any:
+        """Also accept a schedule name (``"linear"``), as ``--schedule`` does."""
+        return parse_schedule_option(value) if isinstance(value, str) and value in BETA_SCHEDULES else value
 
 
 @dataclass
@@ -106,21 +141,33 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _load_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+def _load_error(path: Path, exc: Exception, trust_pickle: bool) -> UsageError:
+    """One line for a file that does not load: refused by weights_only, or corrupt/truncated."""
+    if not trust_pickle and "weights_only" in str(exc):
+        return UsageError(
+            f"{path} holds pickled Python objects that weights_only loading refuses; "
+            "pass --trust-pickle only if you trust its source"
+        )
+    return UsageError(f"cannot load weights from {path} ({_first_line(exc)}); the file is corrupt or truncated: re-export it")
 
-            return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """``torch.load`` on CPU: ``weights_only`` unless ``trust_pickle``; errors as one line."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:  # corrupt, truncated or unsafe files: one line, no traceback
-        if not trust_pickle and "weights_only" in str(exc):
-            raise UsageError(
-                f"{path} holds pickled Python objects that weights_only loading refuses; "
-                "pass --trust-pickle only if you trust its source"
-            ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load weights from {path} ({first}); the file is corrupt or truncated: re-export it") from None
+        raise _load_error(path, exc, trust_pickle) from None
+
+
+def _load_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise _load_error(path, exc, trust_pickle) from None
+    obj = _torch_load(path, trust_pickle)
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -251,11 +298,12 @@ def _from_gmm(text: str) -> _Found:
     return _Found(GMMEpsNet(mixture, NoiseSchedule(spec)), spec, "epsilon", "gmm", shape, canonical, torch.float64)
 
 
-def _from_path(p: Path, schedule: str | None, trust_pickle: bool) -> _Found:
+def _from_path(p: Path, schedule: str | None, sample_shape: tuple[int, int, int] | None, trust_pickle: bool) -> _Found:
     if not p.exists():
         raise UsageError(
-            f"model path {p} does not exist; pass a diffusers pipeline directory, a unet/ directory or a "
-            ".safetensors/.pt checkpoint (omit --model to use the embedded demo model)"
+            f"model path {p} does not exist; pass a diffusers pipeline directory, a unet/ directory, a "
+            ".safetensors/.pt checkpoint, a TorchScript file or package.module:function "
+            "(omit --model to use the embedded demo model)"
         )
     source = str(p.resolve())
     if p.is_dir() and (p / "model.safetensors").is_file() and _is_checkpoint_config(p / "config.json"):
@@ -267,16 +315,241 @@ def _from_path(p: Path, schedule: str | None, trust_pickle: bool) -> _Found:
                 "point --model at a pipeline directory, its unet/ folder, or a checkpoint file"
             )
         return _from_diffusers(p, schedule)
-    elif p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-        sidecar = sidecar_config(p)
-        if not sidecar.is_file():
-            raise UsageError(f"checkpoint {p} needs its config {sidecar} (architecture, schedule, sample_shape) beside it")
-        found = _from_checkpoint(p, sidecar, trust_pickle, CHECKPOINT_FORMAT, source)
+    elif _is_torchscript(p):
+        return _from_torchscript(p, schedule, sample_shape)
+    elif p.suffix in WEIGHT_SUFFIXES:
+        if not _names_architecture(sidecar_config(p)):  # no project config beside it
+            return _from_pickled_module(p, schedule, sample_shape, trust_pickle)
+        found = _from_checkpoint(p, sidecar_config(p), trust_pickle, CHECKPOINT_FORMAT, source)
     else:
-        raise UsageError(f"{p} is not a model this tool reads; use a diffusers directory or a .safetensors/.pt checkpoint")
+        raise UsageError(
+            f"{p} is not a model this tool reads; use a diffusers directory, a .safetensors/.pt checkpoint "
+            "or a TorchScript file (torch.jit.save)"
+        )
     if schedule is not None:
         found.schedule = parse_schedule_option(schedule)
     return found
+
+
+def _is_torchscript(p: Path) -> bool:
+    """A ``torch.jit.save`` archive: a zip with ``<archive>/code/`` or ``<archive>/constants.pkl``
+    members (a ``torch.save`` zip holds ``data.pkl`` and ``data/`` but neither)."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.split("/")[1:2] in (["code"], ["constants.pkl"]) for name in names)
+
+
+def _from_torchscript(p: Path, schedule: str | None, sample_shape: tuple[int, int, int] | None) -> _Found:
+    """A TorchScript network ``net(x, t) -> prediction``; the rest from ``NAME.json`` or the options."""
+    spec, prediction, shape = _sidecar_settings(p, f"TorchScript model {p}", schedule, sample_shape)
+    try:
+        net = torch.jit.load(str(p), map_location="cpu")
+    except Exception as exc:
+        raise UsageError(
+            f"cannot load TorchScript model {p} ({_first_line(exc)}); the file is corrupt, truncated or from a "
+            "newer torch: re-export it with torch.jit.save"
+        ) from None
+    return _Found(net, spec, prediction, "torchscript", shape, str(p.resolve()))
+
+
+def _from_pickled_module(p: Path, schedule: str | None, sample_shape: tuple[int, int, int] | None,
+                         trust_pickle: bool) -> _Found:
+    """``torch.save(model)`` of a whole ``nn.Module``: unpickled only with ``trust_pickle`` (else the
+    weights_only refusal). A state dict here has no architecture: that error names the fixes."""
+    sidecar = sidecar_config(p)
+    if sidecar.is_file():
+        missing = f"checkpoint {p} holds weights only and its config {sidecar} names no architecture"
+    else:
+        missing = f"checkpoint {p} needs its config {sidecar} (architecture, schedule, sample_shape) beside it"
+    no_architecture = UsageError(f"{missing}; or pass --arch package.module:Class (with --arch-config FILE.json) "
+                                 "to build the network for these weights")
+    if p.suffix == ".safetensors":
+        raise no_architecture
+    obj = _torch_load(p, trust_pickle)
+    if not isinstance(obj, nn.Module):
+        raise no_architecture
+    spec, prediction, shape = _sidecar_settings(p, f"pickled model {p}", schedule, sample_shape)
+    return _Found(obj, spec, prediction, "pickled-module", shape, str(p.resolve()))
+
+
+def _from_factory(spec: str, schedule: str | None, sample_shape: tuple[int, int, int] | None) -> _Found:
+    """``--model package.module:function``: ``function()`` returns the ``nn.Module``."""
+    sched, prediction, shape = _settings(f"--model {spec}", None, None, schedule, sample_shape, "linear")
+    factory = _import_callable(spec, "--model")
+    try:
+        net = factory()
+    except Exception as exc:
+        raise UsageError(
+            f"--model {spec}: calling {spec.partition(':')[2]}() failed ({type(exc).__name__}: {_first_line(exc)}); "
+            "it must build the network with no arguments"
+        ) from None
+    if not isinstance(net, nn.Module):
+        raise UsageError(
+            f"--model {spec} returned a {type(net).__name__}, not a torch.nn.Module; "
+            "make it return the network, called as net(x, t)"
+        )
+    return _Found(net, sched, prediction, "python-factory", shape, spec)
+
+
+def _from_arch(path: str | Path | None, arch: str, arch_config: str | Path | None, schedule: str | None,
+               sample_shape: tuple[int, int, int] | None, trust_pickle: bool) -> _Found:
+    """A bare state dict at ``path`` loaded into ``arch(**arch_config)``."""
+    p = Path(path).expanduser() if path is not None else None
+    if p is None or not p.is_file() or p.suffix not in WEIGHT_SUFFIXES:
+        problem = "no --model was given" if p is None else (
+            f"{p} does not exist" if not p.exists() else f"{p} is not a .safetensors/.pt/.pth/.bin file")
+        raise UsageError(f"--arch {arch} loads a state dict but {problem}; point --model at the weights file")
+    sched, prediction, shape = _settings(f"--arch {arch}", None, None, schedule, sample_shape, "linear")
+    kwargs: dict = {}
+    if arch_config is not None:
+        config_path = Path(arch_config).expanduser()
+        if not config_path.is_file():
+            raise UsageError(f"--arch-config {config_path} does not exist; pass a JSON file of keyword arguments for {arch}")
+        kwargs = _read_json(config_path, "--arch-config")
+    build = _import_callable(arch, "--arch")
+    try:
+        net = build(**kwargs)
+    except Exception as exc:
+        raise UsageError(
+            f"--arch {arch}: cannot build it from --arch-config {arch_config or '(none)'} "
+            f"({type(exc).__name__}: {_first_line(exc)}); make the JSON keys its constructor arguments"
+        ) from None
+    if not isinstance(net, nn.Module):
+        raise UsageError(f"--arch {arch} built a {type(net).__name__}, not a torch.nn.Module; point it at the network class")
+    state = _load_state_dict(p, trust_pickle)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UsageError(
+            f"weights in {p} do not fit --arch {arch} ({_mismatch(exc)}); check --arch and --arch-config "
+            "against the model that saved them"
+        ) from None
+    return _Found(net, sched, prediction, "state-dict+arch", shape, str(p.resolve()))
+
+
+def _import_callable(spec: str, option: str) -> Any:
+    """``package.module:name[.attr]`` -> the object, which must be callable; errors as one line."""
+    if not _IMPORT_SPEC.match(spec):
+        raise UsageError(f"{option} {spec!r} is not package.module:name; write it as e.g. mypkg.models:build")
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"{option} {spec}: cannot import {module_name} ({exc}); install it or add its folder to PYTHONPATH"
+        ) from None
+    except Exception as exc:
+        raise UsageError(
+            f"{option} {spec}: importing {module_name} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{option} {spec}: {module_name} has no attribute {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(
+            f"{option} {spec}: {attr} is a {type(obj).__name__}, not callable; point it at a function or class "
+            "that builds the network"
+        )
+    return obj
+
+
+def _names_architecture(sidecar: Path) -> bool:
+    """Whether ``sidecar`` is meant as a project ``CheckpointConfig`` (not a plain ``SidecarConfig``)."""
+    return sidecar.is_file() and _is_project_config(_read_json(sidecar, "checkpoint config"))
+
+
+def _is_project_config(data: dict) -> bool:
+    return bool({"format", "architecture", "arch_config"} & set(data))
+
+
+def _read_sidecar(p: Path) -> tuple[Path, SidecarConfig | None]:
+    """``NAME.json`` beside ``p`` (or ``config.json`` for ``model.*``) and its content, ``None`` if
+    absent. A project ``CheckpointConfig`` there serves too (its schedule, prediction, shape)."""
+    candidates = [p.with_suffix(".json"), *([p.parent / "config.json"] if p.stem == "model" else [])]
+    path = next((c for c in candidates if c.is_file()), candidates[0])
+    if not path.is_file():
+        return path, None
+    data = _read_json(path, "sidecar config")
+    model = CheckpointConfig if _is_project_config(data) else SidecarConfig
+    try:
+        config = model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(
+            f"sidecar config {path} is invalid ({'.'.join(map(str, err['loc']))}: {_one_line(err['msg'])}); "
+            "it takes schedule, prediction_type and sample_shape [C, H, W]"
+        ) from None
+    if isinstance(config, CheckpointConfig):
+        config = SidecarConfig(schedule=config.schedule, prediction_type=config.prediction_type,
+                               sample_shape=config.sample_shape)
+    return path, config
+
+
+def _sidecar_settings(p: Path, what: str, schedule: str | None,
+                      sample_shape: tuple[int, int, int] | None) -> tuple[ScheduleSpec, str, tuple[int, int, int]]:
+    sidecar_path, sidecar = _read_sidecar(p)
+    return _settings(what, sidecar_path, sidecar, schedule, sample_shape, None)
+
+
+def _settings(what: str, sidecar_path: Path | None, sidecar: SidecarConfig | None, schedule: str | None,
+              sample_shape: tuple[int, int, int] | None,
+              default_schedule: str | None) -> tuple[ScheduleSpec, str, tuple[int, int, int]]:
+    """Schedule, prediction type and sample shape: options first, then the sidecar, then defaults."""
+    spec = (parse_schedule_option(schedule) if schedule is not None
+            else sidecar.schedule if sidecar is not None and sidecar.schedule is not None
+            else parse_schedule_option(default_schedule) if default_schedule is not None else None)
+    shape = sample_shape or (sidecar.sample_shape if sidecar is not None else None)
+    missing = [(name, fix, key) for name, fix, key, value in (
+        ("sample shape", "--sample-shape C,H,W", '"sample_shape"', shape),
+        ("noise schedule", SCHEDULE_HINT, '"schedule"', spec)) if value is None]
+    if missing:
+        names, fixes, keys = (" and ".join(column) for column in zip(*missing))
+        sidecar_fix = f", or write {keys} into a sidecar {sidecar_path}" if sidecar_path is not None else ""
+        raise UsageError(f"{what} does not say its {names}; pass {fixes}{sidecar_fix}")
+    return spec, sidecar.prediction_type if sidecar is not None else "epsilon", tuple(int(v) for v in shape)
+
+
+def parse_sample_shape(value: str | tuple | list | None) -> tuple[int, int, int] | None:
+    """``--sample-shape C,H,W`` (a "C,H,W" string or three ints) -> ``(C, H, W)``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.split(",")]
+        shape = tuple(int(v) for v in parts) if all(v.isdigit() for v in parts) else ()
+    else:
+        parts = list(value) if isinstance(value, (tuple, list)) else []
+        ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in parts)
+        shape = tuple(int(v) for v in parts) if ok else ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"--sample-shape {value!r} is not C,H,W; pass three positive integers, e.g. --sample-shape 3,32,32")
+    return shape
+
+
+def _is_import_spec(path: str | Path) -> bool:
+    """``package.module:function`` that is not an existing path."""
+    return bool(_IMPORT_SPEC.match(str(path))) and not Path(str(path)).expanduser().exists()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _mismatch(exc: RuntimeError) -> str:
+    """``load_state_dict``'s multi-line report as one short line (missing / unexpected / size)."""
+    lines = [line.strip().rstrip(".") for line in str(exc).strip().splitlines()[1:] if line.strip()]
+    text = _one_line("; ".join(lines)) or _first_line(exc)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def load_model(
@@ -286,23 +559,45 @@ def load_model(
     schedule: str | None = None,
     prediction_type: str | None = None,
     trust_pickle: bool = False,
+    sample_shape: tuple[int, int, int] | str | None = None,
+    arch: str | None = None,
+    arch_config: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
-    ``gmm[:options]`` the exact Gaussian-mixture model."""
+    ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
+
+    ``schedule`` (a name or a scheduler_config.json path), ``prediction_type`` and ``sample_shape``
+    ((C, H, W) or "C,H,W") override what the model's own files say (``sample_shape`` must match a
+    gmm's). ``arch`` ("package.module:Class") with ``arch_config`` (a JSON file of constructor
+    keyword arguments) builds the network for the bare state dict at ``path``."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
-    if path is None:
+    shape = parse_sample_shape(sample_shape)
+    if arch_config is not None and arch is None:
+        raise UsageError("--arch-config was given without --arch; pass --arch package.module:Class for the weights")
+    if arch is not None:
+        found = _from_arch(path, arch, arch_config, schedule, shape, trust_pickle)
+    elif path is None:
         found = _from_checkpoint(DEMO_DIR / "model.safetensors", DEMO_DIR / "config.json", False, "dpm-align-demo",
                                  "embedded:demo-mnist")
     elif str(path) == "gmm" or str(path).startswith("gmm:"):
         found = _from_gmm(str(path))
+    elif _is_import_spec(path):
+        found = _from_factory(str(path), schedule, shape)
     else:
-        found = _from_path(Path(path).expanduser(), schedule, trust_pickle)
+        found = _from_path(Path(path).expanduser(), schedule, shape, trust_pickle)
+    if shape is not None:
+        if found.format == "gmm" and shape != tuple(found.sample_shape):
+            raise UsageError(f"{found.source} has sample shape {','.join(map(str, found.sample_shape))}; "
+                             "drop --sample-shape or change its dim=")
+        found.sample_shape = shape
     pred = prediction_type or found.prediction_type
     if pred not in PREDICTION_TYPES:
         raise UsageError(f"model prediction type {pred!r} is not supported; use --prediction-type epsilon|sample|v_prediction")
-    net = found.net.to(dev).eval().requires_grad_(False)
+    net = found.net.to(dev).eval()
+    for param in net.parameters():  # not net.requires_grad_(): ScriptModules lack it
+        param.requires_grad_(False)
     spec = found.schedule
     info = ModelInfo(
         sha256=weights_sha256(net),

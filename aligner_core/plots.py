@@ -30,12 +30,12 @@ def _figure(path: Path, ncols: int = 1, title: str = ""):
 
 
 def plot_artifact(artifact, path: Path) -> None:
-    """tau_i - t_i per step, and the per-step loss before/after fitting."""
-    grid = artifact.trajectory.timesteps[:-1]
+    """tau minus the plain sampler's time, per network evaluation, and the loss before/after fitting."""
+    grid = artifact.eval_times
     with _figure(path, 2, artifact.key) as (ax1, ax2):
         ax1.axhline(0.0, color="grey", lw=0.8)
         ax1.plot(grid, [tau - t for tau, t in zip(artifact.taus, grid)], "o-")
-        ax1.set(xlabel="t_i", ylabel="tau_i - t_i", title="aligned minus grid time")
+        ax1.set(xlabel="t (evaluation time)", ylabel="tau - t", title="aligned minus plain time")
         ax1.invert_xaxis()
         tuned = [(t, b, a) for t, b, a in zip(grid, artifact.fit.loss_before, artifact.fit.loss_after) if b is not None]
         if tuned:
@@ -43,7 +43,7 @@ def plot_artifact(artifact, path: Path) -> None:
             ax2.semilogy(ts, before, "o-", label="t_i (before)")
             ax2.semilogy(ts, after, "o-", label="tau_i (after)")
             ax2.legend()
-        ax2.set(xlabel="t_i", ylabel=f"{artifact.fit.objective} loss", title="per-step loss")
+        ax2.set(xlabel="t (evaluation time)", ylabel=f"{artifact.fit.objective} loss", title="loss per evaluation")
         ax2.invert_xaxis()
 
 

@@ -52,18 +52,84 @@ def ddim_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequence, c
     return a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * e + c * ctx.noise().to(x)
 
 
+def _midpoint_in_lambda(t: float, s: float, schedule: NoiseSchedule) -> float:
+    """s1 with lambda(s1) = (lambda(t) + lambda(s)) / 2 (DPM-Solver-2, r1 = 1/2)."""
+    lam = schedule.lambda_(torch.tensor([t, s], dtype=torch.float64))
+    return float(schedule.inverse_lambda(lam.mean().reshape(1)))
+
+
+def dpm_solver_2_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequence, ctx: StepContext) -> torch.Tensor:
+    """DPM-Solver-2 (Lu et al., 2022, Algorithm 1 with r1 = 1/2), the singlestep second-order
+    solver; the intermediate time s1 is the midpoint of [t, s] in lambda = log(alpha/sigma)
+    (not k-diffusion's geometric midpoint in sigma). With h = lambda_s - lambda_t:
+        u   = alpha_s1/alpha_t x - sigma_s1 (e^{h/2} - 1) eps(x, tau_0)
+        x_s = alpha_s /alpha_t x - sigma_s  (e^{h}   - 1) eps(u, tau_1)
+    tau_0 replaces t and tau_1 replaces s1."""
+    schedule = ctx.schedule
+    s1 = _midpoint_in_lambda(t, s, schedule)
+    a_t, _ = schedule.coeffs(t)
+    a_1, s_1 = schedule.coeffs(s1)
+    a_s, s_s = schedule.coeffs(s)
+    lam = schedule.lambda_(torch.tensor([t, s], dtype=torch.float64))
+    h = float(lam[1] - lam[0])
+    u = (a_1 / a_t) * x - s_1 * math.expm1(h / 2) * eps(x, taus[0])
+    return (a_s / a_t) * x - s_s * math.expm1(h) * eps(u, taus[1])
+
+
+def edm_heun_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequence, ctx: StepContext) -> torch.Tensor:
+    """EDM's deterministic Heun step (Karras et al., 2022, Algorithm 1, S_churn = 0) on a VP
+    model through the sigma = sigma_t/alpha_t view: x_hat = x/alpha_t follows
+    d x_hat / d sigma = eps(alpha x_hat, t(sigma)).
+        d  = eps(x_t, tau_0);  x_hat' = x_hat + (sigma_s - sigma_t) d
+        d' = eps(alpha_s x_hat', tau_1);  x_hat_s = x_hat + (sigma_s - sigma_t) (d + d')/2
+    tau_0 replaces t, tau_1 replaces s. Our grids end at t_0 = 0 where sigma > 0, so every step
+    (the last one too) takes the Heun correction: NFE = 2 x steps."""
+    a_t, s_t = ctx.schedule.coeffs(t)
+    a_s, s_s = ctx.schedule.coeffs(s)
+    sig_t, sig_s = s_t / a_t, s_s / a_s
+    x_hat = x / a_t
+    d = eps(x, taus[0])
+    x_euler = x_hat + (sig_s - sig_t) * d
+    d_prime = eps(a_s * x_euler, taus[1])
+    return a_s * (x_hat + (sig_s - sig_t) * 0.5 * (d + d_prime))
+
+
+EvalTimes = Callable[[float, float, NoiseSchedule], list]
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     step: Callable[..., torch.Tensor]
-    default_eta: float = 0.0
-    evals_per_step: int = 1
-    eta_configurable: bool = True
+    eval_times: EvalTimes  # nominal network times of the step's evaluations (what taus replace)
+    evals_per_step: int
+    default_eta: float | None = None  # None: a deterministic sampler without eta
+    description: str = ""
+
+
+def _at_t(t, s, schedule):
+    return [t]
+
+
+def _at_t_and_s(t, s, schedule):
+    return [t, s]
+
+
+def _at_t_and_midpoint(t, s, schedule):
+    return [t, _midpoint_in_lambda(t, s, schedule)]
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "ddim": SamplerSpec(ddim_step, default_eta=0.0),
-    "ddpm": SamplerSpec(ddim_step, default_eta=1.0),
+    "ddim": SamplerSpec(ddim_step, _at_t, 1, 0.0, "DDIM, eta = 0 (Eq. 3/4)"),
+    "ddpm": SamplerSpec(ddim_step, _at_t, 1, 1.0, "DDIM with eta = 1 (DDPM ancestral step)"),
+    "dpm-solver-2": SamplerSpec(dpm_solver_2_step, _at_t_and_midpoint, 2, None, "DPM-Solver-2, midpoint in lambda"),
+    "edm-heun": SamplerSpec(edm_heun_step, _at_t_and_s, 2, None, "EDM deterministic Heun, sigma = sigma_t/alpha_t"),
 }
+
+
+def nominal_eval_times(name: str, grid: Sequence[float], schedule: NoiseSchedule) -> list[float]:
+    """The network times of every evaluation along ``grid`` (the identity taus), sampling order."""
+    spec = get_sampler(name)
+    return [float(v) for t, s in zip(grid[:-1], grid[1:]) for v in spec.eval_times(float(t), float(s), schedule)]
 
 
 def get_sampler(name: str) -> SamplerSpec:
@@ -74,6 +140,10 @@ def get_sampler(name: str) -> SamplerSpec:
 
 def resolve_eta(name: str, eta: float | None) -> float:
     spec = get_sampler(name)
+    if spec.default_eta is None:
+        if eta not in (None, 0, 0.0):
+            raise UsageError(f"--eta does not apply to the deterministic sampler {name}; leave it out")
+        return 0.0
     value = spec.default_eta if eta is None else float(eta)
     if value < 0:
         raise UsageError(f"--eta {value} is negative; use eta >= 0 (0 = deterministic DDIM, 1 = DDPM)")
@@ -97,7 +167,7 @@ def run_sampler(
     steps = len(grid) - 1
     n_eval = spec.evals_per_step
     if taus is None:
-        taus = [grid[i] for i in range(steps) for _ in range(n_eval)]
+        taus = nominal_eval_times(name, grid, ctx.schedule)
     if len(taus) != steps * n_eval:
         raise UsageError(f"{len(taus)} taus given for {steps} steps of {name}; need {steps * n_eval}")
     x = x.to(torch.float64)

@@ -48,23 +48,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="diffusers pipeline dir, unet/ dir, or .safetensors/.pt checkpoint; omit for the embedded demo model")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="diffusers pipeline dir, unet/ dir, .safetensors/.pt checkpoint, TorchScript file, package.module:factory, or gmm; omit for the embedded demo model")]
 ScheduleOpt = Annotated[Optional[str], typer.Option(help="noise schedule for a bare UNet: linear | scaled_linear | squaredcos_cap_v2 | scheduler_config.json")]
 PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="override: epsilon | sample | v_prediction")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)")]
-NfeOpt = Annotated[Optional[int], typer.Option(help="number of sampling steps K [default: 10]")]
-SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm [default: ddim]")]
+ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.module:Class for a bare state dict --model")]
+ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments")]
+ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)")]
+NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]")]
+SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun [default: ddim]")]
 EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
-TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr [default: uniform]")]
+TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]")]
+RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
 
 
-def _load(model, schedule, prediction_type, trust_pickle, device):
+def _load(model, schedule, prediction_type, trust_pickle, device, arch=None, arch_config=None, sample_shape=None):
     dev = resolve_device(device)
-    return load_model(model, device=dev, schedule=schedule, prediction_type=prediction_type, trust_pickle=trust_pickle), dev
+    return load_model(model, device=dev, schedule=schedule, prediction_type=prediction_type, trust_pickle=trust_pickle,
+                      arch=arch, arch_config=arch_config, sample_shape=sample_shape), dev
 
 
 def _version(value: bool) -> None:
@@ -86,6 +91,7 @@ def align_cmd(
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
     trajectory: TrajOpt = None,
+    rho: RhoOpt = None,
     strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
     preset: Annotated[str, typer.Option(help="default | official (the paper code's Adam settings)")] = "default",
     data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
@@ -105,6 +111,9 @@ def align_cmd(
     schedule: ScheduleOpt = None,
     prediction_type: PredOpt = None,
     trust_pickle: TrustOpt = False,
+    arch: ArchOpt = None,
+    arch_config: ArchConfigOpt = None,
+    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -115,12 +124,12 @@ def align_cmd(
         ensure_writable(out)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
-    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, sampler, eta, trajectory, nfe)
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, sampler, eta, trajectory, nfe, rho)
     targets = ([] if no_cache else [cache_path(plan.key(loaded))]) + ([out] if out is not None else [])
     for target in targets:
         ensure_writable(target)
-    with progress_bar(f"aligning {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
+    with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
                          validation=ValidationSettings(validation_samples, validation_reference_nfe) if validate else None)
     problem = not_better_message(artifact)
@@ -153,11 +162,15 @@ def sample_cmd(
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
     trajectory: TrajOpt = None,
+    rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     schedule: ScheduleOpt = None,
     prediction_type: PredOpt = None,
     trust_pickle: TrustOpt = False,
+    arch: ArchOpt = None,
+    arch_config: ArchConfigOpt = None,
+    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -167,8 +180,8 @@ def sample_cmd(
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
     prepare_out_dir(out)
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
-    plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe,
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho,
                                           taus_path=taus, use_taus=not no_taus)
     chosen = artifact.taus if artifact is not None else None
     if artifact is not None and not_better_message(artifact):
@@ -181,7 +194,7 @@ def sample_cmd(
     written = save_samples(torch.cat(chunks), out, fmt)
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
-        "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.trajectory, "nfe": plan.nfe,
+        "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
         "aligned": artifact is not None, "taus_file": str(source) if source else None,
         "taus": chosen, "grid": str(written[-1]),
     }
@@ -189,7 +202,7 @@ def sample_cmd(
         emit_json(summary)
     else:
         typer.echo(f"wrote {num_samples} samples ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
-                   f"{plan.trajectory} nfe={plan.nfe}) to {out}; grid: {written[-1]}")
+                   f"{plan.label} nfe={plan.nfe}) to {out}; grid: {written[-1]}")
 
 
 @app.command("inspect")
@@ -201,6 +214,9 @@ def inspect_cmd(
     schedule: ScheduleOpt = None,
     prediction_type: PredOpt = None,
     trust_pickle: TrustOpt = False,
+    arch: ArchOpt = None,
+    arch_config: ArchConfigOpt = None,
+    sample_shape: ShapeOpt = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG of tau_i - t_i and the per-step loss")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -212,7 +228,7 @@ def inspect_cmd(
     if check:
         checks = check_artifact(artifact)
         if model is not None or schedule is not None:
-            loaded, _ = _load(model, schedule, prediction_type, trust_pickle, "cpu")
+            loaded, _ = _load(model, schedule, prediction_type, trust_pickle, "cpu", arch, arch_config, sample_shape)
             check_artifact_matches(artifact, model=loaded.info, path=file)
             checks.append(f"belongs to model {loaded.info.source} (sha256 {loaded.info.sha256[:16]}…)")
     if json_out:
@@ -228,8 +244,8 @@ def inspect_cmd(
 
 def _print_table(artifact) -> None:
     table = Table(title=f"{artifact.key}  ({artifact.sampler.name} eta={artifact.sampler.eta:g}, "
-                  f"{artifact.trajectory.kind}, nfe={artifact.trajectory.nfe})")
-    for column in ("step", "t_i", "t_i-1", "tau_i", "tau_i - t_i", "loss before", "loss after"):
+                  f"{artifact.trajectory.label}, nfe={artifact.trajectory.nfe}, steps={artifact.trajectory.steps})")
+    for column in ("step", "eval", "t_i", "t_i-1", "plain t", "tau", "tau - t", "loss before", "loss after"):
         table.add_column(column, justify="right")
     for row in inspect_rows(artifact):
         table.add_row(*row)
@@ -258,20 +274,24 @@ def eval_cmd(
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
     trajectory: TrajOpt = None,
+    rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     schedule: ScheduleOpt = None,
     prediction_type: PredOpt = None,
     trust_pickle: TrustOpt = False,
+    arch: ArchOpt = None,
+    arch_config: ArchConfigOpt = None,
+    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end."""
     if plot is not None:
         prepare_out_dir(plot)
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device)
-    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, taus_path=taus)
-    with progress_bar(f"eval {plan.sampler} {plan.trajectory} nfe={plan.nfe}", quiet) as progress:
+    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho, taus_path=taus)
+    with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
                                 reference_nfe=reference_nfe, seed=seed, ablation=ablation, device=dev, progress=progress)
     if plot is not None:

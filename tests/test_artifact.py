@@ -34,13 +34,23 @@ def artifact(tiny) -> TauArtifact:
 def test_required_fields_and_round_trip(artifact, tmp_path):
     path = write_artifact(artifact, tmp_path / "taus.json")
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1
-    for field in ("dpm_align_version", "created", "key", "model", "sampler", "trajectory", "taus", "fit"):
+    assert data["schema_version"] == 2
+    for field in ("dpm_align_version", "created", "key", "model", "sampler", "trajectory", "taus", "eval_times", "fit"):
         assert field in data
     assert set(data["model"]) >= {"sha256", "source", "format", "prediction_type", "num_train_timesteps", "schedule"}
-    assert set(data["trajectory"]) == {"kind", "nfe", "timesteps", "alphas", "sigmas"}
+    assert set(data["trajectory"]) == {"kind", "nfe", "steps", "rho", "timesteps", "alphas", "sigmas"}
     assert data["trajectory"]["timesteps"][0] == 999.0 and len(data["taus"]) == 3
+    assert data["eval_times"] == data["trajectory"]["timesteps"][:-1]
     assert data["created"].endswith("Z") or data["created"].endswith("+00:00")
+    assert read_artifact(path) == artifact
+
+
+def test_schema_v1_artifacts_are_read_and_upgraded(artifact, tmp_path):
+    v1 = artifact.model_dump(mode="json")
+    v1["schema_version"] = 1
+    del v1["eval_times"], v1["trajectory"]["steps"], v1["trajectory"]["rho"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1))
     assert read_artifact(path) == artifact
 
 
@@ -67,8 +77,8 @@ def test_write_is_atomic_when_interrupted(artifact, tmp_path, monkeypatch):
     "mutate,message",
     [(lambda text: text[: len(text) // 2], "is not valid JSON"),
      (lambda text: "[1, 2", "is not valid JSON"),
-     (lambda text: text.replace('"schema_version": 1', '"schema_version": 7'), "has schema_version 7"),
-     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v1 \\(bogus"),
+     (lambda text: text.replace('"schema_version": 2', '"schema_version": 7'), "has schema_version 7"),
+     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v2 \\(bogus"),
      (lambda text: json.dumps({**json.loads(text), "taus": [1.0]}), "taus has 1 values"),
      (lambda text: json.dumps({**json.loads(text), "key": "other"}), "key 'other' does not match its contents")],
 )

@@ -46,7 +46,7 @@ def test_align_json_is_one_document_and_writes_cache_and_out(aligned, isolated_c
 def test_align_human_output_and_progress_on_stderr(cli, tiny_ckpt):
     result = cli("align", "--model", tiny_ckpt, "--nfe", "2", "--iterations", "3", "--num-samples", "8", "--device", "cpu", "--keep-worse")
     assert result.exit_code == 0, result.output
-    assert "tau_i - t_i" in result.stdout and "wrote " in result.stdout
+    assert "nfe=2, steps=2" in result.stdout and "wrote " in result.stdout
     assert "aligning ddim uniform nfe=2" in result.stderr
 
 
@@ -82,7 +82,7 @@ def test_sample_without_cached_taus_says_what_to_do(cli, tiny_ckpt, tmp_path):
 def test_inspect_table_json_and_check(cli, aligned, tiny_ckpt, tmp_path):
     out, document = aligned
     table = cli("inspect", out)
-    assert table.exit_code == 0 and "tau_i" in table.stdout
+    assert table.exit_code == 0 and "tau" in table.stdout
     assert parse_json(cli("inspect", out, "--json")) == document["artifact"]
     checked = cli("inspect", out, "--check", "--model", tiny_ckpt, "--json")
     assert checked.exit_code == 0 and parse_json(checked)["ok"] is True
@@ -170,8 +170,8 @@ def test_usage_errors(cli, tiny_ckpt, args, fragment):
     one_line_error(cli("align", "--model", tiny_ckpt, *args, *FAST), 2, fragment)
 
 
-@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 2}', "has schema_version 2"),
-                                               ('{"schema_version": 1}', "does not match the tau artifact schema")])
+@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 3}', "has schema_version 3"),
+                                               ('{"schema_version": 2}', "does not match the tau artifact schema")])
 def test_bad_artifacts(cli, tiny_ckpt, tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -245,3 +245,48 @@ def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_pat
     assert read_artifact(out).validation.better is False
     sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
     assert sampled.exit_code == 0 and "warning:" in sampled.stderr and "not better" in sampled.stderr
+
+
+# ------------------------------------------------------------------ every sampler x trajectory
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver-2", "edm-heun"])
+@pytest.mark.parametrize("trajectory", ["uniform", "quadratic", "logsnr", "edm"])
+def test_align_every_sampler_and_trajectory(cli, tiny_ckpt, tmp_path, sampler, trajectory):
+    out = tmp_path / "t.json"
+    result = cli("align", "--model", tiny_ckpt, "--sampler", sampler, "--trajectory", trajectory, "--nfe", "4",
+                 "--out", out, "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    artifact = read_artifact(out)
+    per = 2 if sampler in ("dpm-solver-2", "edm-heun") else 1
+    assert artifact.trajectory.nfe == len(artifact.taus) == len(artifact.eval_times) == 4
+    assert artifact.trajectory.steps == 4 // per and len(artifact.trajectory.timesteps) == 4 // per + 1
+    assert artifact.key.endswith(f"-{sampler}-eta{artifact.sampler.eta:g}-{artifact.trajectory.label}-nfe4")
+    assert (artifact.trajectory.rho == 7.0) == (trajectory == "edm")
+    assert artifact.fit.loss_before[0] is not None and artifact.fit.loss_before[-1] is None  # final step untuned
+    assert cli("inspect", out, "--check", "--model", tiny_ckpt).exit_code == 0
+    sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
+    assert sampled.exit_code == 0, sampled.output
+
+
+def test_second_order_nfe_must_be_even(cli, tiny_ckpt):
+    one_line_error(cli("align", "--model", tiny_ckpt, "--sampler", "dpm-solver-2", "--nfe", "5", *FAST), 2,
+                   "--nfe 5 is not a multiple of 2: dpm-solver-2 makes 2 network evaluations per step")
+
+
+def test_rho_is_part_of_the_key(cli, tiny_ckpt, tmp_path):
+    result = cli("align", "--model", tiny_ckpt, "--trajectory", "edm", "--rho", "3", "--nfe", "2", "--out", tmp_path / "t.json", "--json", *FAST)
+    assert parse_json(result)["artifact"]["key"].endswith("-edm-rho3-nfe2")
+    one_line_error(cli("sample", "--model", tiny_ckpt, "--taus", tmp_path / "t.json", "--trajectory", "edm",
+                       "--out", tmp_path / "s", "--device", "cpu"), 1, "trajectory edm-rho3 != edm-rho7")
+    one_line_error(cli("align", "--model", tiny_ckpt, "--rho", "3", *FAST), 2, "--rho applies to the edm trajectory only")
+
+
+def test_torchscript_model_through_the_cli(cli, tiny_ckpt, tmp_path):
+    from dpm_align.aligner_core.loading import load_model
+
+    scripted = torch.jit.script(load_model(tiny_ckpt).eps.net)
+    torch.jit.save(scripted, str(tmp_path / "net.ts"))
+    args = ("--model", tmp_path / "net.ts", "--schedule", "linear", "--sample-shape", "1,8,8")
+    result = cli("align", *args, "--nfe", "2", "--out", tmp_path / "t.json", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["artifact"]["model"]["format"] == "torchscript"
+    assert cli("inspect", tmp_path / "t.json", "--check", "--model", tiny_ckpt).exit_code == 0  # same weights, same sha

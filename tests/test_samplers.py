@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from dpm_align.aligner_core.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.nets import TinyUNet
@@ -106,3 +107,60 @@ def test_unknown_sampler_and_bad_eta():
 def test_wrong_number_of_taus(eps):
     with pytest.raises(UsageError, match="3 taus given for 2 steps"):
         run_sampler("ddim", eps, torch.randn(1, 1, 8, 8), [900.0, 500.0, 0.0], [1.0, 2.0, 3.0], StepContext(SCHED))
+
+
+# ------------------------------------------------------------------ second-order samplers
+def test_dpm_solver_2_step_matches_the_papers_formula(eps):
+    """Lu et al. (2022), Algorithm 1 (DPM-Solver-2, r1 = 1/2), written from lambda directly."""
+    t, s = 700.0, 420.5
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    lam_t, lam_s = (float(SCHED.lambda_(torch.tensor([v], dtype=torch.float64))) for v in (t, s))
+    h = lam_s - lam_t
+    s1 = float(SCHED.inverse_lambda(torch.tensor([lam_t + h / 2], dtype=torch.float64)))
+    a = {v: float(SCHED.alpha(torch.tensor([v], dtype=torch.float64))) for v in (t, s1, s)}
+    sg = {v: float(SCHED.sigma(torch.tensor([v], dtype=torch.float64))) for v in (t, s1, s)}
+    u = a[s1] / a[t] * x - sg[s1] * (math.exp(h / 2) - 1) * eps(x, 650.0)
+    expected = a[s] / a[t] * x - sg[s] * (math.exp(h) - 1) * eps(u, 500.0)
+    ours = run_sampler("dpm-solver-2", eps, x, [t, s], [650.0, 500.0], StepContext(SCHED))
+    assert torch.allclose(ours, expected, atol=1e-10, rtol=1e-9)
+    assert get_sampler("dpm-solver-2").eval_times(t, s, SCHED)[1] == pytest.approx(s1)
+
+
+def test_edm_heun_step_matches_karras_algorithm_1(eps):
+    """Karras et al. (2022) Algorithm 1 (deterministic) in the VE view x/alpha, sigma = sigma_t/alpha_t."""
+    t, s = 600.0, 300.0
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    (a_t, s_t), (a_s, s_s) = SCHED.coeffs(t), SCHED.coeffs(s)
+    sig_t, sig_s = s_t / a_t, s_s / a_s
+
+    def denoise(x_hat, sigma, alpha, tau):  # EDM's D(x; sigma) for a VP eps-model: x_hat - sigma * eps
+        return x_hat - sigma * eps(alpha * x_hat, tau)
+
+    x_hat = x / a_t
+    d = (x_hat - denoise(x_hat, sig_t, a_t, 590.0)) / sig_t
+    x_next = x_hat + (sig_s - sig_t) * d
+    d_prime = (x_next - denoise(x_next, sig_s, a_s, 310.0)) / sig_s
+    expected = a_s * (x_hat + (sig_s - sig_t) * (0.5 * d + 0.5 * d_prime))
+    ours = run_sampler("edm-heun", eps, x, [t, s], [590.0, 310.0], StepContext(SCHED))
+    assert torch.allclose(ours, expected, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name,order", [("ddim", 1), ("dpm-solver-2", 2), ("edm-heun", 2)])
+def test_convergence_order_on_the_exact_gmm_model(gmm_eps, name, order):
+    """Halving the step size divides the end-point error by about 2^order (logsnr grid). The
+    median over samples is used: a few samples near a boundary between mixture components
+    switch components under any discretization. The reference is a 1000-step run of another
+    second-order sampler."""
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ctx = StepContext(gmm_eps.schedule)
+    other = "edm-heun" if name == "dpm-solver-2" else "dpm-solver-2"
+    ref = run_sampler(other, gmm_eps, x, refine_grid(make_grid("logsnr", 20, gmm_eps.schedule), 1000)[0], None, ctx)
+    errors = [float((run_sampler(name, gmm_eps, x, make_grid("logsnr", k, gmm_eps.schedule), None, ctx) - ref)
+                    .flatten(1).norm(dim=1).median()) for k in (20, 40)]
+    assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.25)
+
+
+def test_deterministic_samplers_take_no_eta():
+    assert resolve_eta("edm-heun", None) == 0.0
+    with pytest.raises(UsageError, match="--eta does not apply to the deterministic sampler dpm-solver-2"):
+        resolve_eta("dpm-solver-2", 0.5)

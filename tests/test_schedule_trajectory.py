@@ -40,7 +40,7 @@ def test_inverse_lambda_round_trip(t):
 def test_grids_have_k_plus_1_decreasing_points_from_T_minus_1_to_0(kind, nfe):
     grid = make_grid(kind, nfe, SCHED)
     assert len(grid) == nfe + 1
-    assert grid[0] == 999.0 and grid[-1] == 0.0
+    assert grid[0] == (999.0 if kind != "edm" else pytest.approx(929.6, abs=0.1)) and grid[-1] == 0.0
     assert all(a > b for a, b in zip(grid, grid[1:]))
 
 
@@ -56,8 +56,8 @@ def test_quadratic_grid_values():
 
 @pytest.mark.parametrize(
     "kind,nfe,message",
-    [("zigzag", 10, "unknown trajectory 'zigzag'"), ("uniform", 0, "--nfe 0 is out of range"),
-     ("uniform", 1001, "--nfe 1001 is out of range")],
+    [("zigzag", 10, "unknown trajectory 'zigzag'"), ("uniform", 0, "--nfe gives 0 steps, out of range"),
+     ("uniform", 1001, "--nfe gives 1001 steps, out of range")],
 )
 def test_bad_grid_requests(kind, nfe, message):
     with pytest.raises(UsageError, match=message):
@@ -67,3 +67,17 @@ def test_bad_grid_requests(kind, nfe, message):
 def test_trained_betas_need_matching_length():
     with pytest.raises(ValueError, match="trained_betas"):
         ScheduleSpec(beta_schedule="trained", num_train_timesteps=3, trained_betas=[0.1])
+
+
+def test_edm_grid_is_karras_rho_spacing_in_sigma_clamped_to_the_model():
+    grid = torch.tensor(make_grid("edm", 6, SCHED), dtype=torch.float64)
+    sigmas = torch.exp(-SCHED.lambda_(grid))
+    assert float(sigmas[0]) == pytest.approx(80.0, rel=1e-6)  # EDM's sigma_max, inside the model's range
+    assert float(sigmas[-1]) == pytest.approx(float(torch.exp(-SCHED.lambda_(torch.tensor([0.0])))), rel=1e-9)
+    ramp = sigmas ** (1 / 7)
+    assert torch.allclose(ramp.diff(), ramp.diff().mean().expand(6), rtol=1e-6)  # uniform in sigma^(1/rho)
+    assert make_grid("edm", 6, SCHED, rho=3.0) != make_grid("edm", 6, SCHED)
+    with pytest.raises(UsageError, match="--rho applies to the edm trajectory only"):
+        make_grid("uniform", 6, SCHED, rho=3.0)
+    with pytest.raises(UsageError, match="--rho -1.0 must be positive"):
+        make_grid("edm", 6, SCHED, rho=-1.0)
