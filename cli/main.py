@@ -28,6 +28,7 @@ from dpm_align.aligner_core.artifact import (
     write_artifact,
 )
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
+from dpm_align.aligner_core.exports import export_schedule
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
 from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
@@ -218,10 +219,14 @@ def inspect_cmd(
     arch_config: ArchConfigOpt = None,
     sample_shape: ShapeOpt = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG of tau_i - t_i and the per-step loss")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="json | diffusers (integer timesteps) | sigmas (k-diffusion style); one JSON document on stdout")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI; --plot."""
+    """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI; --plot; --format for other tools."""
     artifact = read_artifact(file)
+    if fmt is not None:
+        emit_json(export_schedule(artifact, fmt))
+        return
     if plot is not None:
         plot_artifact(artifact, plot)
     checks = []

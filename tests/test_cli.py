@@ -290,3 +290,20 @@ def test_torchscript_model_through_the_cli(cli, tiny_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert parse_json(result)["artifact"]["model"]["format"] == "torchscript"
     assert cli("inspect", tmp_path / "t.json", "--check", "--model", tiny_ckpt).exit_code == 0  # same weights, same sha
+
+
+def test_inspect_formats_for_other_tools(cli, aligned):
+    out, document = aligned
+    diffusers_form = parse_json(cli("inspect", out, "--format", "diffusers"))
+    assert diffusers_form["timesteps"] == [round(t) for t in document["artifact"]["taus"]]
+    assert "lose" in diffusers_form["note"]
+    sigmas = parse_json(cli("inspect", out, "--format", "sigmas"))["sigmas"]
+    assert sigmas[-1] == 0.0 and all(a > b for a, b in zip(sigmas, sigmas[1:]))
+    assert parse_json(cli("inspect", out, "--format", "json")) == document["artifact"]
+    one_line_error(cli("inspect", out, "--format", "yaml"), 2, "choose one of: json, diffusers, sigmas")
+
+
+def test_aligned_scheduler_is_exposed_lazily():
+    import dpm_align.aligner_core as core
+
+    assert core.AlignedScheduler.__name__ == "AlignedScheduler"

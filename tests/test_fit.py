@@ -105,3 +105,14 @@ def test_teacher_objective_matches_a_fine_ddim_step(gmm_eps, quadratic10):
     assert all(a <= b for b, a in tuned) and sum(a < 0.95 * b for b, a in tuned) >= 5
     with pytest.raises(UsageError, match="the teacher objective matches a deterministic teacher; use it with eta = 0"):
         fit(gmm_eps, grid, sampler="ddpm", eta=1.0, objective="teacher")
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver-2", "edm-heun"])
+def test_second_order_samplers_fit_one_tau_per_evaluation(gmm_eps, sampler):
+    from dpm_align.aligner_core.samplers import nominal_eval_times
+
+    grid = make_grid("logsnr", 3, gmm_eps.schedule)
+    result = fit(gmm_eps, grid, sampler=sampler, num_samples=32, iterations=6)
+    assert len(result.taus) == 6 and result.taus[-2:] == nominal_eval_times(sampler, grid, gmm_eps.schedule)[-2:]
+    tuned = [(b, a) for b, a in zip(result.loss_before, result.loss_after) if b is not None]
+    assert len(tuned) == 4 and all(a <= b for b, a in tuned)
