@@ -74,3 +74,19 @@ def cli(runner):
 
 def parse_json(result) -> dict:
     return json.loads(result.stdout)
+
+
+def assert_close_to_scale(ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-4) -> None:
+    """|ours - theirs| <= tol * max(1, max|theirs|): float64 state vs diffusers' float32 state."""
+    theirs = theirs.to(torch.float64)
+    scale = max(1.0, float(theirs.abs().max()))
+    err = float((ours.to(torch.float64) - theirs).abs().max())
+    assert err <= tol * scale, f"max abs diff {err:.3g} > {tol:g} * scale {scale:.3g}"
+
+
+def assert_one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
+    """The exception's message is one line and contains every needle."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message

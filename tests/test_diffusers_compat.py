@@ -23,6 +23,7 @@ from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
 from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.cli.main import app
+from tests.conftest import assert_close_to_scale, assert_one_line
 
 T = 1000
 BETA_SCHEDULES = {
@@ -41,21 +42,6 @@ def tiny_unet(seed: int = 0) -> UNet2DModel:
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     ).eval().requires_grad_(False)
-
-
-def assert_close_to_scale(ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-4) -> None:
-    """|ours - theirs| <= tol * max(1, max|theirs|): float64 state vs diffusers' float32 state."""
-    theirs = theirs.to(torch.float64)
-    scale = max(1.0, float(theirs.abs().max()))
-    err = float((ours.to(torch.float64) - theirs).abs().max())
-    assert err <= tol * scale, f"max abs diff {err:.3g} > {tol:g} * scale {scale:.3g}"
-
-
-def assert_one_line_usage_error(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
 
 
 def uniform_ddim_grid(steps: int) -> list[float]:
@@ -209,14 +195,14 @@ def test_bare_unet_dir_needs_schedule(pipe_dir):
     assert loaded.info.sha256 == load_model(pipe_dir).info.sha256
     with pytest.raises(UsageError) as excinfo:
         load_model(pipe_dir / "unet")
-    assert_one_line_usage_error(excinfo, "--schedule")
+    assert_one_line(excinfo, "--schedule")
 
 
 def test_not_a_diffusers_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError) as excinfo:
         load_model(tmp_path / "empty")
-    assert_one_line_usage_error(excinfo, "not a diffusers model")
+    assert_one_line(excinfo, "not a diffusers model")
 
 
 def test_truncated_weights_are_corrupt(pipe_copy):
@@ -225,7 +211,7 @@ def test_truncated_weights_are_corrupt(pipe_copy):
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(UsageError) as excinfo:
         load_model(pipe_copy)
-    assert_one_line_usage_error(excinfo, "corrupt")
+    assert_one_line(excinfo, "corrupt")
 
 
 # ----------------------------------------------------------------------------- 5. CLI end to end

@@ -24,6 +24,7 @@ from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.loading import load_model
 from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
+from tests.conftest import assert_close_to_scale, assert_one_line
 
 T = 1000
 K = 4
@@ -68,20 +69,6 @@ def pipeline_loop(unet: UNet2DModel, scheduler, x: torch.Tensor, generator=None)
     for t in scheduler.timesteps:
         x = scheduler.step(unet(x, t).sample, t, x, generator=generator).prev_sample
     return x
-
-
-def assert_close_to_scale(ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-5) -> None:
-    theirs = theirs.to(torch.float64)
-    scale = max(1.0, float(theirs.abs().max()))
-    err = float((ours.to(torch.float64) - theirs).abs().max())
-    assert err <= tol * scale, f"max abs diff {err:.3g} > {tol:g} * scale {scale:.3g}"
-
-
-def one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -159,7 +146,7 @@ def test_scheduler_loop_matches_generate(model, fitted, pipe):
     with torch.no_grad():
         theirs = pipeline_loop(pipe.unet, AlignedScheduler.from_artifact(fitted), x_T)
     assert theirs.dtype == torch.float32
-    assert_close_to_scale(ours, theirs)
+    assert_close_to_scale(ours, theirs, tol=1e-5)
 
 
 def test_config_round_trip(fitted, pipe, tmp_path):
@@ -189,7 +176,7 @@ def test_prediction_types_match_eps_model(prediction_type, model, hand, pipe):
     with torch.no_grad():
         theirs = pipeline_loop(pipe.unet, AlignedScheduler.from_artifact(artifact), x_T)
     ours = reference(model, artifact, x_T, eps=eps)
-    assert_close_to_scale(ours, theirs)
+    assert_close_to_scale(ours, theirs, tol=1e-5)
     if prediction_type != "epsilon":  # the conversion is not the identity
         plain = reference(model, artifact, x_T)
         assert float((plain - ours).abs().max()) > 1e-3
@@ -226,7 +213,7 @@ def test_variance_noise_is_used(model, fitted, pipe):
         for k, t in enumerate(scheduler.timesteps):
             x = scheduler.step(pipe.unet(x, t).sample, t, x, variance_noise=noises[k]).prev_sample
     stream = iter(noises)
-    assert_close_to_scale(reference(model, artifact, x_T, noise=lambda: next(stream)), x)
+    assert_close_to_scale(reference(model, artifact, x_T, noise=lambda: next(stream)), x, tol=1e-5)
 
 
 # ----------------------------------------------------------------------------- (d) errors
@@ -234,31 +221,31 @@ def test_wrong_step_count_is_refused(fitted, pipe):
     scheduler = AlignedScheduler.from_artifact(fitted)
     with pytest.raises(ValueError) as excinfo:
         scheduler.set_timesteps(10)
-    one_line(excinfo, f"fitted for {K} steps", f"num_inference_steps={K}")
+    assert_one_line(excinfo, f"fitted for {K} steps", f"num_inference_steps={K}")
     scheduler.set_timesteps()  # None: the artifact's count
     scheduler.set_timesteps(K, device="cpu")
     pipe.scheduler = scheduler
     with pytest.raises(ValueError) as excinfo:
         pipe(batch_size=1, output_type="np")  # DDPMPipeline's default is 1000 steps
-    one_line(excinfo, f"fitted for {K} steps")
+    assert_one_line(excinfo, f"fitted for {K} steps")
 
 
 def test_unsupported_sampler_is_refused(fitted):
     with pytest.raises(ValueError) as excinfo:
         AlignedScheduler.from_artifact(variant(fitted, sampler="heun", eta=0.0))
-    one_line(excinfo, "heun", "ddim")
+    assert_one_line(excinfo, "heun", "ddim")
 
 
 def test_other_network_is_refused(fitted):
     with pytest.raises(ValueError) as excinfo:
         AlignedScheduler.from_artifact(fitted, unet=tiny_unet(seed=1))
-    one_line(excinfo, "another network")
+    assert_one_line(excinfo, "another network")
 
 
 def test_missing_artifact_file(tmp_path):
     with pytest.raises(UsageError) as excinfo:
         AlignedScheduler.from_artifact(tmp_path / "nope.json")
-    one_line(excinfo, "does not exist")
+    assert_one_line(excinfo, "does not exist")
 
 
 def test_step_misuse(hand):
@@ -267,12 +254,12 @@ def test_step_misuse(hand):
     scheduler.set_timesteps(K)
     with pytest.raises(ValueError) as excinfo:  # not the current tau
         scheduler.step(x, 500, x)
-    one_line(excinfo, "expects timestep")
+    assert_one_line(excinfo, "expects timestep")
     for t in scheduler.timesteps:  # repeated tau values are fine
         scheduler.step(x, t, x)
     with pytest.raises(ValueError) as excinfo:  # a K+1-th step without set_timesteps
         scheduler.step(x, scheduler.timesteps[-1], x)
-    one_line(excinfo, "set_timesteps")
+    assert_one_line(excinfo, "set_timesteps")
     scheduler.set_timesteps(K)
     assert scheduler.step_index == 0
 
@@ -326,4 +313,4 @@ def test_export_unknown_format(hand):
     assert EXPORT_FORMATS == ("json", "diffusers", "sigmas")
     with pytest.raises(UsageError) as excinfo:
         export_schedule(hand, "onnx")
-    one_line(excinfo, "onnx", "json, diffusers, sigmas")
+    assert_one_line(excinfo, "onnx", "json, diffusers, sigmas")
