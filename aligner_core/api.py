@@ -6,7 +6,7 @@ Every CLI command is a thin wrapper over one function here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import __version__
+from .analytic import GammaTable, estimate_gammas
 from .artifact import (
     FitInfo,
     SamplerInfo,
@@ -52,6 +53,20 @@ class SamplingPlan:
     rho: float | None
     grid: tuple[float, ...]
     eval_times: tuple[float, ...]  # the plain sampler's network time of every evaluation
+    gammas: GammaTable | None = None  # analytic samplers only
+
+    @property
+    def needs_gammas(self) -> bool:
+        return get_sampler(self.sampler).needs_gamma
+
+    def with_gammas(self, model: LoadedModel, *, table: GammaTable | None = None, data: torch.Tensor | None = None,
+                    seed: int = 0, device: torch.device | str = "cpu") -> "SamplingPlan":
+        """The plan with Gamma_t for an analytic sampler: ``table`` if given, else estimated."""
+        if not self.needs_gammas:
+            return self
+        if table is None:
+            table = estimate_gammas(model.eps, self.grid[:-1], model.sample_shape, data=data, seed=seed, device=device)
+        return replace(self, gammas=table)
 
     @classmethod
     def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int,
@@ -113,9 +128,10 @@ def align(
     """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact; with
     ``validation``, also measure baseline vs aligned on held-out seeds."""
     images = load_data(data, model.sample_shape) if data is not None else None
+    plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
-        seed=seed, device=device, data=images, progress=progress,
+        seed=seed, device=device, data=images, gamma=plan.gammas, progress=progress,
     )
     checked = None
     if validation is not None:
@@ -123,7 +139,7 @@ def align(
             progress(0, 1, f"validating on {validation.num_samples} held-out samples")
         checked = validate(model.eps, plan.grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
                            num_samples=validation.num_samples, reference_nfe=validation.reference_nfe,
-                           batch_size=config.batch_size, seed=seed, device=device)
+                           batch_size=config.batch_size, seed=seed, device=device, gamma=plan.gammas)
     return TauArtifact(
         dpm_align_version=__version__,
         created=utc_now(),
@@ -148,6 +164,7 @@ def align(
             loss_after=result.loss_after,
         ),
         validation=checked,
+        analytic=plan.gammas,
     )
 
 
@@ -177,6 +194,7 @@ def resolve_plan(
     rho: float | None = None,
     taus_path: Path | None = None,
     use_taus: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[SamplingPlan, TauArtifact | None, Path | None]:
     """The plan to sample with and its artifact: ``taus_path`` if given (its settings fill the
     options left out, and must agree with those given), else the cache entry for the plan's key.
@@ -189,10 +207,10 @@ def resolve_plan(
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta), path=taus_path)
         traj = artifact.trajectory
         plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho)
-        return plan, artifact, Path(taus_path)
+        return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, Path(taus_path)
     plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho)
     if not use_taus:
-        return plan, None, None
+        return plan.with_gammas(model, device=device), None, None
     path = cache_path(plan.key(model))
     if not path.is_file():
         raise DpmAlignError(
@@ -202,7 +220,7 @@ def resolve_plan(
     artifact = read_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
                            trajectory=plan.label, nfe=plan.nfe, path=path)
-    return plan, artifact, path
+    return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, path
 
 
 def generate(
@@ -226,7 +244,7 @@ def generate(
         x = noise()
         with torch.no_grad():
             out = run_sampler(plan.sampler, model.eps, x, plan.grid, taus,
-                              StepContext(model.eps.schedule, plan.eta, noise))
+                              StepContext(model.eps.schedule, plan.eta, noise, plan.gammas))
         if progress:
             progress(b + 1, batches, f"batch {b + 1}/{batches}")
         yield lo, out
@@ -292,7 +310,7 @@ def trajectory_gap(
     ends: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *candidates)}
     for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, candidates, model.sample_shape,
                                       num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, device=device,
-                                      batch_size=batch_size, progress=progress):
+                                      batch_size=batch_size, gamma=plan.gammas, progress=progress):
         for name in ends:
             ends[name].append(states[name][-1].cpu())
         for name in sums:

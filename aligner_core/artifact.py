@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import DpmAlignError, UsageError
 from .schedule import ScheduleSpec
+from .analytic import GammaTable
 from .validation import Validation
 
 SCHEMA_VERSION = 2
@@ -92,6 +93,7 @@ class TauArtifact(_Strict):
     eval_times: list[float] = Field(description="the plain sampler's network time of each evaluation (what taus replace)")
     fit: FitInfo
     validation: Validation | None = Field(None, description="baseline vs aligned on held-out seeds (align --validate)")
+    analytic: GammaTable | None = Field(None, description="analytic samplers: Gamma_t at every step time")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TauArtifact":

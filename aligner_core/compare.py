@@ -37,6 +37,7 @@ def paired_trajectories(
     seed: int,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
+    gamma=None,
     progress: Progress | None = None,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per batch: the states at every point of ``grid`` of the reference (DDIM, eta=0, refined
@@ -53,7 +54,7 @@ def paired_trajectories(
             out = {"reference": run_sampler("ddim", eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]}
             for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
-                out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise), record=True)
+                out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise, gamma), record=True)
         if progress:
             progress(b + 1, batches, f"batch {b + 1}/{batches}")
         yield out

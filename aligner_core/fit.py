@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import UsageError
 from .progress import Progress
 from .compare import refine_grid
-from .samplers import EpsFn, StepContext, get_sampler, nominal_eval_times, run_sampler
+from .samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
 from .schedule import NoiseSchedule
 
 
@@ -130,13 +130,14 @@ class StepProblem:
     t: float
     s: float
     batch_size: int
+    gamma: Callable[[float], float] | None
     taus: list  # the step's current taus, one per network evaluation
     index: int  # the evaluation being fitted
     center: float  # its nominal network time (tau = center is the plain sampler)
 
     def advance(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One aligned step x_t -> x_s (Eq. 4) with the given step noise (used when eta > 0)."""
-        ctx = StepContext(self.schedule, self.eta, (lambda: noise) if noise is not None else None)
+        ctx = StepContext(self.schedule, self.eta, (lambda: noise) if noise is not None else None, self.gamma)
         taus = [tau if k == self.index else v for k, v in enumerate(self.taus)]
         return self.step(self.eps, x_t, self.t, self.s, taus, ctx)
 
@@ -235,13 +236,16 @@ def fit_taus(
     seed: int = 0,
     device: torch.device | str = "cpu",
     data: torch.Tensor | None = None,
+    gamma: Callable[[float], float] | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
     """Fit one tau per network evaluation along ``grid`` (sampling order): step by step from t_K,
     and within a step one evaluation at a time. Same seed + device -> same taus."""
     spec = get_sampler(sampler)
-    if objective_needs_eta0(config.objective) and eta > 0:
-        raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with eta = 0 (ddim)")
+    stochastic = is_stochastic(sampler, eta)
+    if objective_needs_eta0(config.objective) and stochastic:
+        raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with a deterministic "
+                         "sampler (ddim, dpm-solver-2, edm-heun)")
     if config.strategy == "parallel" and data is None:
         raise UsageError("the parallel strategy needs data: pass --data (an image folder, an .npz, or mnist|cifar10|digits)")
     start = time.perf_counter()
@@ -262,7 +266,7 @@ def fit_taus(
         """Aligned sampler from grid[0] to grid[upto] (fresh step noise when eta > 0)."""
         with torch.no_grad():
             for j in range(upto):
-                ctx = StepContext(schedule, eta, (lambda n=x.shape[0]: randn(n)) if eta > 0 else None)
+                ctx = StepContext(schedule, eta, (lambda n=x.shape[0]: randn(n)) if stochastic else None, gamma)
                 x = spec.step(eps, x, grid[j], grid[j + 1], taus[j * per : (j + 1) * per], ctx)
         return x
 
@@ -272,7 +276,7 @@ def fit_taus(
         return a * data[idx].to(device=device, dtype=torch.float64) + s * randn(n)
 
     def make_pool(x_t: torch.Tensor, t: float, s: float) -> Pool:
-        noise = randn(x_t.shape[0]) if eta > 0 else None
+        noise = randn(x_t.shape[0]) if stochastic else None
         with torch.no_grad():
             target = torch.cat([objective.target(eps, x_t[i : i + config.batch_size], t, s, config)
                                 for i in range(0, x_t.shape[0], config.batch_size)])
@@ -299,15 +303,15 @@ def fit_taus(
             if progress:
                 progress(j, steps, f"step {j + 1}/{steps}: t={t:.1f} -> {s:.1f}")
             for k, e in enumerate(evals):
-                problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size,
+                problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size, gamma,
                                       taus[evals.start : evals.stop], k, nominal[e])
                 before[e] = problem.mean_loss(nominal[e], pool)
                 taus[e] = optimize(problem, pool, draw, config)
                 after[e] = problem.mean_loss(taus[e], pool)
         if config.strategy == "sequential" and j < steps - 1:  # advance the trajectories with the fitted taus
-            if step_noise is None and eta > 0:
+            if step_noise is None and stochastic:
                 step_noise = randn(state.shape[0])
-            problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size,
+            problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size, gamma,
                                   taus[evals.start : evals.stop], 0, taus[evals.start])
             bs = config.batch_size
             with torch.no_grad():

@@ -29,7 +29,8 @@ class NoiseSource(Protocol):
 class StepContext:
     schedule: NoiseSchedule
     eta: float = 0.0
-    noise: NoiseSource | None = None  # fresh N(0, I) like x; needed when eta > 0
+    noise: NoiseSource | None = None  # fresh N(0, I) like x; needed by stochastic samplers
+    gamma: Callable[[float], float] | None = None  # analytic samplers: Gamma_t = E||eps(x_t, t)||^2 / d
 
 
 def ddim_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequence, ctx: StepContext) -> torch.Tensor:
@@ -94,6 +95,27 @@ def edm_heun_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequenc
     return a_s * (x_hat + (sig_s - sig_t) * 0.5 * (d + d_prime))
 
 
+def analytic_step(eps: EpsFn, x: torch.Tensor, t: float, s: float, taus: Sequence, ctx: StepContext) -> torch.Tensor:
+    """Analytic-DPM (Bao et al., 2022, Theorem 1 for the DDIM family): the DDIM mean with
+    lambda = eta * (DDPM posterior std) and the optimal variance
+        sigma*^2 = lambda^2 + (sqrt(1 - abar_s - lambda^2) - sqrt(abar_s (1 - abar_t) / abar_t))^2 (1 - Gamma_t),
+    Gamma_t = E||eps(x_t, t)||^2 / d. eta = 0 is Analytic-DDIM, eta = 1 Analytic-DDPM. As in
+    DDPM, the final step (to s = 0) returns the mean without noise."""
+    if ctx.gamma is None or ctx.noise is None:
+        raise ValueError("an analytic step needs Gamma_t (ctx.gamma) and a noise source")
+    a_t, s_t = ctx.schedule.coeffs(t)
+    a_s, s_s = ctx.schedule.coeffs(s)
+    e = eps(x, taus[0])
+    x0 = (x - s_t * e) / a_t
+    lam = ctx.eta * (s_s / s_t) * math.sqrt(max(0.0, 1.0 - (a_t / a_s) ** 2))
+    direction = math.sqrt(max(0.0, s_s**2 - lam**2))
+    mean = a_s * x0 + direction * e
+    if s <= 0.0:
+        return mean
+    var = lam**2 + (direction - a_s * s_t / a_t) ** 2 * max(0.0, 1.0 - ctx.gamma(t))
+    return mean + math.sqrt(var) * ctx.noise().to(x)
+
+
 EvalTimes = Callable[[float, float, NoiseSchedule], list]
 
 
@@ -104,6 +126,7 @@ class SamplerSpec:
     evals_per_step: int
     default_eta: float | None = None  # None: a deterministic sampler without eta
     description: str = ""
+    needs_gamma: bool = False  # analytic samplers: Gamma_t estimated per model (analytic.py)
 
 
 def _at_t(t, s, schedule):
@@ -123,7 +146,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddim_step, _at_t, 1, 1.0, "DDIM with eta = 1 (DDPM ancestral step)"),
     "dpm-solver-2": SamplerSpec(dpm_solver_2_step, _at_t_and_midpoint, 2, None, "DPM-Solver-2, midpoint in lambda"),
     "edm-heun": SamplerSpec(edm_heun_step, _at_t_and_s, 2, None, "EDM deterministic Heun, sigma = sigma_t/alpha_t"),
+    "analytic-ddim": SamplerSpec(analytic_step, _at_t, 1, 0.0, "Analytic-DDIM (optimal variance)", needs_gamma=True),
+    "analytic-ddpm": SamplerSpec(analytic_step, _at_t, 1, 1.0, "Analytic-DDPM (optimal variance)", needs_gamma=True),
 }
+
+
+def is_stochastic(name: str, eta: float) -> bool:
+    """Whether the sampler draws noise: eta > 0, or an analytic sampler (always)."""
+    return eta > 0 or get_sampler(name).needs_gamma
 
 
 def nominal_eval_times(name: str, grid: Sequence[float], schedule: NoiseSchedule) -> list[float]:

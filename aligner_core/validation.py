@@ -6,7 +6,7 @@ high-NFE deterministic reference (DDIM, every interval subdivided) from that noi
 - ``frechet_pixel``: Fréchet distance in pixel space between the end points and the reference
   samples (a distribution distance: the two can disagree, see issue notes in docs/).
 The taus count as better when no metric gets worse and at least one improves. For stochastic
-samplers (eta > 0) the same-noise distance to an ODE reference is not meaningful; only the
+samplers (eta > 0, analytic) the same-noise distance to an ODE reference is not meaningful; only the
 Fréchet distance is used to decide, the L2 is still recorded.
 """
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .compare import paired_trajectories, refine_grid
 from .metrics import frechet_distance, mean_l2
+from .samplers import is_stochastic
 
 HELD_OUT_SEED_OFFSET = 1_000_000  # validation seeds never overlap the fitting seeds
 
@@ -50,18 +51,20 @@ def validate(
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    gamma=None,
 ) -> Validation:
     seed = seed + HELD_OUT_SEED_OFFSET
     ends: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
     for states in paired_trajectories(eps, grid, sampler, eta, {"baseline": None, "aligned": taus}, sample_shape,
                                       num_samples=num_samples,
-                                      reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size):
+                                      reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
+                                      gamma=gamma):
         for name, trajectory in states.items():
             ends[name].append(trajectory[-1].cpu())
     ref = torch.cat(ends["reference"])
     scores = {name: {"end_l2": mean_l2(torch.cat(ends[name]), ref), "frechet_pixel": frechet_distance(torch.cat(ends[name]), ref)}
               for name in ("baseline", "aligned")}
-    decided_by = ["frechet_pixel"] if eta > 0 else ["end_l2", "frechet_pixel"]
+    decided_by = ["frechet_pixel"] if is_stochastic(sampler, eta) else ["end_l2", "frechet_pixel"]
     not_worse = all(scores["aligned"][m] <= scores["baseline"][m] for m in decided_by)
     some_better = any(scores["aligned"][m] < scores["baseline"][m] for m in decided_by)
     finite = all(math.isfinite(v) for s in scores.values() for v in s.values())

@@ -57,7 +57,7 @@ ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.modu
 ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments")]
 ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)")]
 NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]")]
-SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun [default: ddim]")]
+SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun | analytic-ddim | analytic-ddpm [default: ddim]")]
 EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
 TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]")]
 RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]")]
@@ -183,7 +183,7 @@ def sample_cmd(
     prepare_out_dir(out)
     loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
     plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho,
-                                          taus_path=taus, use_taus=not no_taus)
+                                          taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
     if artifact is not None and not_better_message(artifact):
         stderr.print(f"warning: {source}: {not_better_message(artifact)}", highlight=False, markup=False, soft_wrap=True)
@@ -295,7 +295,7 @@ def eval_cmd(
     if plot is not None:
         prepare_out_dir(plot)
     loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
-    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho, taus_path=taus)
+    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho, taus_path=taus, device=dev)
     with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
                                 reference_nfe=reference_nfe, seed=seed, ablation=ablation, device=dev, progress=progress)

@@ -248,7 +248,7 @@ def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_pat
 
 
 # ------------------------------------------------------------------ every sampler x trajectory
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver-2", "edm-heun"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver-2", "edm-heun", "analytic-ddim", "analytic-ddpm"])
 @pytest.mark.parametrize("trajectory", ["uniform", "quadratic", "logsnr", "edm"])
 def test_align_every_sampler_and_trajectory(cli, tiny_ckpt, tmp_path, sampler, trajectory):
     out = tmp_path / "t.json"
@@ -261,6 +261,10 @@ def test_align_every_sampler_and_trajectory(cli, tiny_ckpt, tmp_path, sampler, t
     assert artifact.trajectory.steps == 4 // per and len(artifact.trajectory.timesteps) == 4 // per + 1
     assert artifact.key.endswith(f"-{sampler}-eta{artifact.sampler.eta:g}-{artifact.trajectory.label}-nfe4")
     assert (artifact.trajectory.rho == 7.0) == (trajectory == "edm")
+    analytic = sampler.startswith("analytic")
+    assert (artifact.analytic is not None) == analytic
+    if analytic:
+        assert artifact.analytic.times == artifact.trajectory.timesteps[:-1] and artifact.analytic.source == "generated"
     assert artifact.fit.loss_before[0] is not None and artifact.fit.loss_before[-1] is None  # final step untuned
     assert cli("inspect", out, "--check", "--model", tiny_ckpt).exit_code == 0
     sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
@@ -307,3 +311,10 @@ def test_aligned_scheduler_is_exposed_lazily():
     import dpm_align.aligner_core as core
 
     assert core.AlignedScheduler.__name__ == "AlignedScheduler"
+
+
+def test_analytic_baseline_estimates_gamma_when_sampling_without_taus(cli, tiny_ckpt, tmp_path):
+    result = cli("sample", "--model", tiny_ckpt, "--sampler", "analytic-ddpm", "--no-taus", "--nfe", "3", "-n", "2",
+                 "--out", tmp_path / "s", "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["sampler"] == "analytic-ddpm"

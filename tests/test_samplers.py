@@ -164,3 +164,38 @@ def test_deterministic_samplers_take_no_eta():
     assert resolve_eta("edm-heun", None) == 0.0
     with pytest.raises(UsageError, match="--eta does not apply to the deterministic sampler dpm-solver-2"):
         resolve_eta("dpm-solver-2", 0.5)
+
+
+# ------------------------------------------------------------------ analytic-DPM
+def test_analytic_step_matches_bao_et_al_theorem_1(eps):
+    """Optimal variance of the DDIM family with lambda = eta * DDPM std, written from alphas_cumprod."""
+    abar = SCHED.alphas_cumprod
+    t, s, gamma = 700, 350, 0.93
+    x, z = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    for name, eta in (("analytic-ddim", 0.0), ("analytic-ddpm", 1.0)):
+        at, as_ = abar[t], abar[s]
+        e = eps(x, float(t)).double()
+        lam2 = eta**2 * (1 - as_) / (1 - at) * (1 - at / as_)
+        mean = torch.sqrt(as_) * (x - torch.sqrt(1 - at) * e) / torch.sqrt(at) + torch.sqrt(1 - as_ - lam2) * e
+        var = lam2 + (torch.sqrt(1 - as_ - lam2) - torch.sqrt(as_ * (1 - at) / at)) ** 2 * (1 - gamma)
+        ctx = StepContext(SCHED, resolve_eta(name, None), lambda: z, lambda _t: gamma)
+        ours = run_sampler(name, eps, x, [float(t), float(s)], None, ctx)
+        assert torch.allclose(ours, mean + torch.sqrt(var) * z, atol=1e-10, rtol=1e-9)
+    final = run_sampler("analytic-ddim", eps, x, [100.0, 0.0], None, StepContext(SCHED, 0.0, lambda: z, lambda _t: gamma))
+    assert torch.allclose(final, run_sampler("ddim", eps, x, [100.0, 0.0], None, StepContext(SCHED)))  # no noise at the end
+
+
+def test_gamma_estimates_on_the_exact_gmm_model(gmm_eps):
+    from dpm_align.aligner_core.analytic import estimate_gammas
+
+    data = gmm_eps.net.mixture.sample(128, torch.Generator().manual_seed(0)).reshape(128, 1, 8, 8)
+    times = [999.0, 500.0, 100.0]
+    from_data = estimate_gammas(gmm_eps, times, (1, 8, 8), data=data)
+    generated = estimate_gammas(gmm_eps, times, (1, 8, 8), num_samples=64)
+    assert from_data.source == "data" and generated.source == "generated"
+    # E||eps*||^2/d = 1 - E||eps - eps*||^2/d <= 1, up to Monte Carlo error; ~1 at t = T-1
+    assert all(0.0 < g < 1.1 for g in from_data.gammas)
+    assert from_data.gammas[0] == pytest.approx(1.0, abs=0.1)
+    assert from_data.gammas[0] > from_data.gammas[1] > from_data.gammas[2]
+    assert generated.gammas == pytest.approx(from_data.gammas, abs=0.05)
+    assert from_data(500.2) == from_data.gammas[1]
