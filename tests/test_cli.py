@@ -318,3 +318,16 @@ def test_analytic_baseline_estimates_gamma_when_sampling_without_taus(cli, tiny_
                  "--out", tmp_path / "s", "--device", "cpu", "--quiet", "--json")
     assert result.exit_code == 0, result.output
     assert parse_json(result)["sampler"] == "analytic-ddpm"
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_end_to_end(cli, tmp_path, prediction_type):
+    weights = make_tiny_checkpoint(tmp_path, seed=3, prediction_type=prediction_type)
+    result = cli("align", "--model", weights, "--nfe", "3", "--out", tmp_path / "t.json", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["artifact"]["model"]["prediction_type"] == prediction_type
+    sampled = cli("sample", "--model", weights, "--taus", tmp_path / "t.json", "-n", "2", "--out", tmp_path / "s",
+                  "--device", "cpu", "--quiet", "--json")
+    assert sampled.exit_code == 0 and parse_json(sampled)["aligned"] is True
+    images = [np.asarray(Image.open(tmp_path / "s" / f"{k:05d}.png")) for k in range(2)]
+    assert all(img.shape == (8, 8) for img in images)
