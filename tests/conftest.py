@@ -90,3 +90,15 @@ def assert_one_line(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
     assert "\n" not in message, message
     for needle in needles:
         assert needle in message, message
+
+
+def tiny_unet(seed: int = 0):
+    """A random-init diffusers UNet2DModel on 1x8x8 (imported lazily: diffusers is slow to import)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval().requires_grad_(False)

@@ -23,7 +23,7 @@ from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
 from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.cli.main import app
-from tests.conftest import assert_close_to_scale, assert_one_line
+from tests.conftest import assert_close_to_scale, assert_one_line, tiny_unet
 
 T = 1000
 BETA_SCHEDULES = {
@@ -35,15 +35,6 @@ WEIGHTS_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
 # ----------------------------------------------------------------------------- helpers
-def tiny_unet(seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval().requires_grad_(False)
-
-
 def uniform_ddim_grid(steps: int) -> list[float]:
     """diffusers DDIM 'trailing' timesteps [999, 899, ..., 99] plus the final alphas_cumprod[0]."""
     return [float(T - 1 - k * (T // steps)) for k in range(steps)] + [0.0]

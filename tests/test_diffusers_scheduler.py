@@ -24,7 +24,7 @@ from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.loading import load_model
 from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
-from tests.conftest import assert_close_to_scale, assert_one_line
+from tests.conftest import assert_close_to_scale, assert_one_line, tiny_unet
 
 T = 1000
 K = 4
@@ -34,15 +34,6 @@ HAND_TAUS = [990.37, 740.61, 740.61, 251.2]
 
 
 # ----------------------------------------------------------------------------- helpers
-def tiny_unet(seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval().requires_grad_(False)
-
-
 def variant(artifact: TauArtifact, *, taus=None, sampler=None, eta=None, prediction_type=None) -> TauArtifact:
     """A validated copy of ``artifact`` with other taus / sampler / prediction type (key recomputed)."""
     data = artifact.model_dump(mode="json")
