@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -67,10 +70,55 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document o
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
 
 
-def _load(model, schedule, prediction_type, trust_pickle, device, arch=None, arch_config=None, sample_shape=None):
-    dev = resolve_device(device)
-    return load_model(model, device=dev, schedule=schedule, prediction_type=prediction_type, trust_pickle=trust_pickle,
-                      arch=arch, arch_config=arch_config, sample_shape=sample_shape), dev
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model-loading options every command shares (added by ``with_model_options``)."""
+
+    model: str | None = None
+    schedule: str | None = None
+    prediction_type: str | None = None
+    trust_pickle: bool = False
+    arch: str | None = None
+    arch_config: Path | None = None
+    sample_shape: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or self.schedule is not None
+
+    def load(self, device: str):
+        dev = resolve_device(device)
+        return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
+                          trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
+                          sample_shape=self.sample_shape), dev
+
+
+def _model_options(
+    model: ModelOpt = None,
+    schedule: ScheduleOpt = None,
+    prediction_type: PredOpt = None,
+    trust_pickle: TrustOpt = False,
+    arch: ArchOpt = None,
+    arch_config: ArchConfigOpt = None,
+    sample_shape: ShapeOpt = None,
+) -> None:
+    """Template: the options ``with_model_options`` adds to a command (fields of ModelSpec)."""
+
+
+def with_model_options(command):
+    """Give a Typer command the model-loading options; it receives them as ``spec: ModelSpec``."""
+    template = inspect.signature(_model_options, eval_str=True).parameters
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "spec"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        spec = ModelSpec(**{name: kwargs.pop(name) for name in template})
+        return command(spec=spec, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + list(template.values()))
+    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "spec"},
+                               **_model_options.__annotations__}
+    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -86,8 +134,9 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 @app.command("align")
 @handle_errors
+@with_model_options
 def align_cmd(
-    model: ModelOpt = None,
+    spec: ModelSpec,
     nfe: NfeOpt = None,
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
@@ -109,12 +158,6 @@ def align_cmd(
     keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if validation finds them not better")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    schedule: ScheduleOpt = None,
-    prediction_type: PredOpt = None,
-    trust_pickle: TrustOpt = False,
-    arch: ArchOpt = None,
-    arch_config: ArchConfigOpt = None,
-    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -125,7 +168,7 @@ def align_cmd(
         ensure_writable(out)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    loaded, dev = spec.load(device)
     plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, sampler, eta, trajectory, nfe, rho)
     targets = ([] if no_cache else [cache_path(plan.key(loaded))]) + ([out] if out is not None else [])
     for target in targets:
@@ -151,8 +194,9 @@ def align_cmd(
 
 @app.command("sample")
 @handle_errors
+@with_model_options
 def sample_cmd(
-    model: ModelOpt = None,
+    spec: ModelSpec,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
@@ -166,12 +210,6 @@ def sample_cmd(
     rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    schedule: ScheduleOpt = None,
-    prediction_type: PredOpt = None,
-    trust_pickle: TrustOpt = False,
-    arch: ArchOpt = None,
-    arch_config: ArchConfigOpt = None,
-    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -181,7 +219,7 @@ def sample_cmd(
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
     prepare_out_dir(out)
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    loaded, dev = spec.load(device)
     plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho,
                                           taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
@@ -208,16 +246,11 @@ def sample_cmd(
 
 @app.command("inspect")
 @handle_errors
+@with_model_options
 def inspect_cmd(
+    spec: ModelSpec,
     file: Annotated[Path, typer.Argument(help="tau artifact (.json)")],
     check: Annotated[bool, typer.Option("--check", help="verify the artifact (grid, schedule; with --model: that it belongs to it); exit 1 if not")] = False,
-    model: ModelOpt = None,
-    schedule: ScheduleOpt = None,
-    prediction_type: PredOpt = None,
-    trust_pickle: TrustOpt = False,
-    arch: ArchOpt = None,
-    arch_config: ArchConfigOpt = None,
-    sample_shape: ShapeOpt = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG of tau_i - t_i and the per-step loss")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="json | diffusers (integer timesteps) | sigmas (k-diffusion style); one JSON document on stdout")] = None,
     json_out: JsonOpt = False,
@@ -232,8 +265,8 @@ def inspect_cmd(
     checks = []
     if check:
         checks = check_artifact(artifact)
-        if model is not None or schedule is not None:
-            loaded, _ = _load(model, schedule, prediction_type, trust_pickle, "cpu", arch, arch_config, sample_shape)
+        if spec.given:
+            loaded, _ = spec.load("cpu")
             check_artifact_matches(artifact, model=loaded.info, path=file)
             checks.append(f"belongs to model {loaded.info.source} (sha256 {loaded.info.sha256[:16]}…)")
     if json_out:
@@ -267,8 +300,9 @@ def _print_table(artifact) -> None:
 
 @app.command("eval")
 @handle_errors
+@with_model_options
 def eval_cmd(
-    model: ModelOpt = None,
+    spec: ModelSpec,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the DDIM reference trajectory")] = 1000,
@@ -282,19 +316,13 @@ def eval_cmd(
     rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    schedule: ScheduleOpt = None,
-    prediction_type: PredOpt = None,
-    trust_pickle: TrustOpt = False,
-    arch: ArchOpt = None,
-    arch_config: ArchConfigOpt = None,
-    sample_shape: ShapeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end."""
     if plot is not None:
         prepare_out_dir(plot)
-    loaded, dev = _load(model, schedule, prediction_type, trust_pickle, device, arch, arch_config, sample_shape)
+    loaded, dev = spec.load(device)
     plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho, taus_path=taus, device=dev)
     with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
