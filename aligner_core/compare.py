@@ -24,6 +24,15 @@ def refine_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float],
     return fine, per
 
 
+def _reference_states(eps, x: torch.Tensor, fine: Sequence[float], per: int, ctx: StepContext) -> list[torch.Tensor]:
+    """The reference's states at every ``per``-th point of ``fine`` (the coarse grid), keeping only
+    those in memory rather than all of the fine trajectory."""
+    states = [x.to(torch.float64)]
+    for i in range(0, len(fine) - 1, per):
+        states.append(run_sampler("ddim", eps, states[-1], fine[i : i + per + 1], None, ctx))
+    return states
+
+
 def paired_trajectories(
     eps,
     grid: Sequence[float],
@@ -51,7 +60,7 @@ def paired_trajectories(
         idx = range(b * batch_size, min(num_samples, (b + 1) * batch_size))
         with torch.no_grad():
             x_T = PerSampleNoise(seed, idx, sample_shape, device)()
-            out = {"reference": run_sampler("ddim", eps, x_T, fine, None, StepContext(schedule, 0.0), record=True)[::per]}
+            out = {"reference": _reference_states(eps, x_T, fine, per, StepContext(schedule, 0.0))}
             for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
                 out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise, gamma), record=True)
