@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -105,20 +106,50 @@ def _model_options(
     """Template: the options ``with_model_options`` adds to a command (fields of ModelSpec)."""
 
 
-def with_model_options(command):
-    """Give a Typer command the model-loading options; it receives them as ``spec: ModelSpec``."""
-    template = inspect.signature(_model_options, eval_str=True).parameters
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "spec"]
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The sampler/trajectory options of align, sample and eval (None: default or from the artifact)."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        spec = ModelSpec(**{name: kwargs.pop(name) for name in template})
-        return command(spec=spec, **kwargs)
+    sampler: str | None = None
+    eta: float | None = None
+    trajectory: str | None = None
+    nfe: int | None = None
+    rho: float | None = None
 
-    wrapper.__signature__ = inspect.Signature(own + list(template.values()))
-    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "spec"},
-                               **_model_options.__annotations__}
-    return wrapper
+
+def _sampling_options(
+    nfe: NfeOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
+    trajectory: TrajOpt = None,
+    rho: RhoOpt = None,
+) -> None:
+    """Template: the options ``with_sampling_options`` adds to a command (fields of SamplingOptions)."""
+
+
+def shared_options(template, bundle, param: str):
+    """A decorator giving a Typer command the options declared by ``template``'s parameters; the
+    command receives them as one ``param: bundle(...)`` argument."""
+    extra = inspect.signature(template, eval_str=True).parameters
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != param]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            kwargs[param] = bundle(**{name: kwargs.pop(name) for name in extra})
+            return command(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(own + list(extra.values()))
+        wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != param},
+                                   **template.__annotations__}
+        return wrapper
+
+    return decorate
+
+
+with_model_options = shared_options(_model_options, ModelSpec, "spec")
+with_sampling_options = shared_options(_sampling_options, SamplingOptions, "sampling")
 
 
 def _version(value: bool) -> None:
@@ -135,13 +166,10 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @app.command("align")
 @handle_errors
 @with_model_options
+@with_sampling_options
 def align_cmd(
     spec: ModelSpec,
-    nfe: NfeOpt = None,
-    sampler: SamplerOpt = None,
-    eta: EtaOpt = None,
-    trajectory: TrajOpt = None,
-    rho: RhoOpt = None,
+    sampling: SamplingOptions,
     strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
     preset: Annotated[str, typer.Option(help="default | official (the paper code's Adam settings)")] = "default",
     data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
@@ -164,15 +192,16 @@ def align_cmd(
     """Fit aligned timesteps and write the tau artifact (cache and/or --out)."""
     config = resolve_config(preset, strategy, objective=objective, optimizer=optimizer, iterations=iterations,
                             num_samples=num_samples, batch_size=batch_size)
-    if out is not None:
-        ensure_writable(out)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
+    if out is not None:
+        ensure_writable(out)  # before loading the model: fail fast
     loaded, dev = spec.load(device)
-    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, sampler, eta, trajectory, nfe, rho)
-    targets = ([] if no_cache else [cache_path(plan.key(loaded))]) + ([out] if out is not None else [])
-    for target in targets:
+    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
+    cache = [] if no_cache else [cache_path(plan.key(loaded))]
+    for target in cache:
         ensure_writable(target)
+    targets = cache + ([out] if out is not None else [])
     with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
                          validation=ValidationSettings(validation_samples, validation_reference_nfe) if validate else None)
@@ -195,19 +224,16 @@ def align_cmd(
 @app.command("sample")
 @handle_errors
 @with_model_options
+@with_sampling_options
 def sample_cmd(
     spec: ModelSpec,
+    sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
     fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz")] = "png",
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
     no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
-    nfe: NfeOpt = None,
-    sampler: SamplerOpt = None,
-    eta: EtaOpt = None,
-    trajectory: TrajOpt = None,
-    rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -220,8 +246,7 @@ def sample_cmd(
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
     prepare_out_dir(out)
     loaded, dev = spec.load(device)
-    plan, artifact, source = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho,
-                                          taus_path=taus, use_taus=not no_taus, device=dev)
+    plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
     if artifact is not None and not_better_message(artifact):
         stderr.print(f"warning: {source}: {not_better_message(artifact)}", highlight=False, markup=False, soft_wrap=True)
@@ -301,19 +326,16 @@ def _print_table(artifact) -> None:
 @app.command("eval")
 @handle_errors
 @with_model_options
+@with_sampling_options
 def eval_cmd(
     spec: ModelSpec,
+    sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the DDIM reference trajectory")] = 1000,
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
-    nfe: NfeOpt = None,
-    sampler: SamplerOpt = None,
-    eta: EtaOpt = None,
-    trajectory: TrajOpt = None,
-    rho: RhoOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -323,7 +345,7 @@ def eval_cmd(
     if plot is not None:
         prepare_out_dir(plot)
     loaded, dev = spec.load(device)
-    plan, artifact, _ = resolve_plan(loaded, sampler=sampler, eta=eta, trajectory=trajectory, nfe=nfe, rho=rho, taus_path=taus, device=dev)
+    plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
     with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
                                 reference_nfe=reference_nfe, seed=seed, ablation=ablation, device=dev, progress=progress)
@@ -356,7 +378,18 @@ def eval_cmd(
 
 
 def run() -> None:
-    app()
+    """The console script: Typer/Click usage errors too become one ``error:`` line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        code = 130
+    except typer.TyperException as exc:  # Typer's (vendored Click) parsing errors
+        code = getattr(exc, "exit_code", 2)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # a bare `dpm-align` has printed the help already
+            ctx = getattr(exc, "ctx", None)
+            message = " ".join(exc.format_message().split())
+            print(f"error: {message}; see `{ctx.command_path if ctx else 'dpm-align'} --help`", file=sys.stderr)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

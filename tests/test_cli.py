@@ -331,3 +331,34 @@ def test_prediction_types_end_to_end(cli, tmp_path, prediction_type):
     assert sampled.exit_code == 0 and parse_json(sampled)["aligned"] is True
     images = [np.asarray(Image.open(tmp_path / "s" / f"{k:05d}.png")) for k in range(2)]
     assert all(img.shape == (8, 8) for img in images)
+
+
+@pytest.mark.parametrize(
+    "argv,code,fragment",
+    [(["align", "--nfe", "abc"], 2, "error: Invalid value for '--nfe'"),
+     (["align", "--bogus"], 2, "error: No such option: --bogus"),
+     (["inspect"], 2, "error: Missing argument 'file'"),
+     (["align", "--model", "/no/such/model", "-q"], 2, "error: model path /no/such/model does not exist")],
+)
+def test_console_script_errors_are_one_line_with_exit_codes(monkeypatch, capsys, argv, code, fragment):
+    from dpm_align.cli.main import run
+
+    monkeypatch.setattr("sys.argv", ["dpm-align", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == code and len(err) == 1 and err[0].startswith(fragment), err
+
+
+def test_console_script_success_and_runtime_error_codes(monkeypatch, capsys, tiny_ckpt, tmp_path):
+    from dpm_align.cli.main import run
+
+    def console(*argv):
+        monkeypatch.setattr("sys.argv", ["dpm-align", *map(str, argv)])
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        return exit_info.value.code
+
+    assert console("align", "--model", tiny_ckpt, "--nfe", "2", "--no-cache", "--out", tmp_path / "t.json", *FAST) == 0
+    assert console("inspect", tmp_path / "t.json", "--check", "--model", make_tiny_checkpoint(tmp_path, seed=4)) == 1
+    assert console("--version") == 0
