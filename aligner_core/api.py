@@ -179,7 +179,7 @@ def not_better_message(artifact: TauArtifact) -> str | None:
     v = artifact.validation
     if v is None or v.better:
         return None
-    changes = ", ".join(f"{m} {v.baseline[m]:.4g} -> {v.aligned[m]:.4g}" for m in v.metrics)
+    changes = v.changes()
     return (f"the aligned taus are not better than the plain sampler on {v.num_samples} held-out samples "
             f"({changes}; decided by {' and '.join(v.decided_by)})")
 

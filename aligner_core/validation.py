@@ -37,6 +37,10 @@ class Validation(BaseModel):
     seed: int
     better: bool
 
+    def changes(self) -> str:
+        """``metric baseline -> aligned`` for every metric, for messages."""
+        return ", ".join(f"{m} {self.baseline[m]:.4g} -> {self.aligned[m]:.4g}" for m in self.metrics)
+
 
 def validate(
     eps,

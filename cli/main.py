@@ -248,8 +248,9 @@ def sample_cmd(
     loaded, dev = spec.load(device)
     plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
-    if artifact is not None and not_better_message(artifact):
-        stderr.print(f"warning: {source}: {not_better_message(artifact)}", highlight=False, markup=False, soft_wrap=True)
+    problem = not_better_message(artifact) if artifact is not None else None
+    if problem:
+        stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
     chunks = []
     with progress_bar(f"sampling {num_samples}", quiet) as progress:
         for _, x in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
@@ -318,7 +319,7 @@ def _print_table(artifact) -> None:
                f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
     v = artifact.validation
     if v is not None:
-        changes = ", ".join(f"{m} {v.baseline[m]:.4g} -> {v.aligned[m]:.4g}" for m in v.metrics)
+        changes = v.changes()
         typer.echo(f"validation ({v.num_samples} held-out samples, {v.reference_nfe}-step reference): {changes}: "
                    f"{'better' if v.better else 'NOT better'}")
 
