@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import __version__
-from .analytic import GammaTable, estimate_gammas
+from .analytic import GammaTable
 from .artifact import (
     FitInfo,
     SamplerInfo,
@@ -31,6 +31,7 @@ from .compare import paired_trajectories, refine_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
 from .fit import FitConfig, fit_taus
+from .gamma_cache import cached_gammas
 from .loading import LoadedModel
 from .metrics import frechet_distance
 from .progress import Progress
@@ -61,11 +62,13 @@ class SamplingPlan:
 
     def with_gammas(self, model: LoadedModel, *, table: GammaTable | None = None, data: torch.Tensor | None = None,
                     seed: int = 0, device: torch.device | str = "cpu") -> "SamplingPlan":
-        """The plan with Gamma_t for an analytic sampler: ``table`` if given, else estimated."""
+        """The plan with Gamma_t for an analytic sampler: ``table`` if given, else from the per-model
+        Gamma cache (estimated on first use)."""
         if not self.needs_gammas:
             return self
         if table is None:
-            table = estimate_gammas(model.eps, self.grid[:-1], model.sample_shape, data=data, seed=seed, device=device)
+            table = cached_gammas(model.eps, model.info.sha256, self.grid[:-1], model.sample_shape, data=data,
+                                  seed=seed, device=device)
         return replace(self, gammas=table)
 
     @classmethod
@@ -99,7 +102,7 @@ class SamplingPlan:
         return trajectory_label(self.trajectory, self.rho)
 
     def key(self, model: LoadedModel) -> str:
-        return artifact_key(model.info.sha256, self.sampler, self.eta, self.label, self.nfe)
+        return artifact_key(model.info.sha256, self.sampler, self.eta, self.label, self.nfe, model.eps.conditioning)
 
     def trajectory_info(self, schedule: NoiseSchedule) -> TrajectoryInfo:
         grid = torch.tensor(self.grid, dtype=torch.float64)
@@ -165,6 +168,7 @@ def align(
         ),
         validation=checked,
         analytic=plan.gammas,
+        conditioning=model.eps.conditioning,
     )
 
 
@@ -204,7 +208,8 @@ def resolve_plan(
         artifact = read_artifact(taus_path)
         label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho))
         check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=label, nfe=nfe,
-                               eta=None if eta is None else resolve_eta(artifact.sampler.name, eta), path=taus_path)
+                               eta=None if eta is None else resolve_eta(artifact.sampler.name, eta),
+                               conditioning=model.eps.conditioning, path=taus_path)
         traj = artifact.trajectory
         plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho)
         return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, Path(taus_path)
@@ -215,11 +220,12 @@ def resolve_plan(
     if not path.is_file():
         raise DpmAlignError(
             f"no taus in the cache for {plan.key(model)} ({path}); run `dpm-align align` with the same "
-            "--model/--sampler/--trajectory/--nfe or pass --taus FILE (`sample --no-taus` runs the plain sampler)"
+            "--model/--sampler/--trajectory/--nfe (and --guidance-scale/--null-class) or pass --taus FILE "
+            "(`sample --no-taus` runs the plain sampler)"
         )
     artifact = read_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
-                           trajectory=plan.label, nfe=plan.nfe, path=path)
+                           trajectory=plan.label, nfe=plan.nfe, conditioning=model.eps.conditioning, path=path)
     return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, path
 
 
@@ -233,21 +239,36 @@ def generate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     start_index: int = 0,
+    class_labels: Sequence[int] | None = None,
     progress: Progress | None = None,
-):
-    """Yield (first_index, batch of samples in [-1, 1]) for samples start_index.. start_index+n-1."""
+) -> Iterator[SampleBatch]:
+    """Yield the samples start_index .. start_index+n-1 batch by batch. A class-conditional model
+    gives sample k the label ``class_labels[k % len(class_labels)]``, or one drawn from (seed, k)."""
+    cond = model.eps.conditioning
+    if class_labels and cond is None:
+        raise UsageError("--class-label was given but the model is not class-conditional; leave it out")
+    if class_labels:
+        class_labels = cond.check_labels(class_labels)
     batches = math.ceil(num_samples / batch_size)
     for b in range(batches):
         lo = start_index + b * batch_size
         hi = min(start_index + num_samples, lo + batch_size)
         noise = PerSampleNoise(seed, range(lo, hi), model.sample_shape, device)
+        labels = None if cond is None else cond.per_sample_labels(seed, range(lo, hi), class_labels).to(device)
         x = noise()
         with torch.no_grad():
-            out = run_sampler(plan.sampler, model.eps, x, plan.grid, taus,
+            out = run_sampler(plan.sampler, model.eps.bind(labels), x, plan.grid, taus,
                               StepContext(model.eps.schedule, plan.eta, noise, plan.gammas))
         if progress:
             progress(b + 1, batches, f"batch {b + 1}/{batches}")
-        yield lo, out
+        yield SampleBatch(lo, out, labels)
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    start: int  # index of the first sample
+    samples: torch.Tensor  # [n, C, H, W] in [-1, 1] (float64)
+    labels: torch.Tensor | None  # class labels of a class-conditional model
 
 
 class AblationRow(BaseModel):

@@ -11,6 +11,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Literal
 
 import platformdirs
@@ -19,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import DpmAlignError, UsageError
 from .schedule import ScheduleSpec
 from .analytic import GammaTable
+from .model import Conditioning
 from .validation import Validation
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class _Strict(BaseModel):
@@ -82,7 +84,7 @@ class FitInfo(_Strict):
 
 
 class TauArtifact(_Strict):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     dpm_align_version: str
     created: datetime
     key: str
@@ -94,6 +96,8 @@ class TauArtifact(_Strict):
     fit: FitInfo
     validation: Validation | None = Field(None, description="baseline vs aligned on held-out seeds (align --validate)")
     analytic: GammaTable | None = Field(None, description="analytic samplers: Gamma_t at every step time")
+    conditioning: Conditioning | None = Field(None, description="class-conditional models: labels and guidance; "
+                                              "None = unconditional")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TauArtifact":
@@ -104,7 +108,8 @@ class TauArtifact(_Strict):
         for name in ("loss_before", "loss_after"):
             if len(getattr(self.fit, name)) != n:
                 raise ValueError(f"fit.{name} has {len(getattr(self.fit, name))} values; trajectory.nfe is {n}")
-        expected = artifact_key(self.model.sha256, self.sampler.name, self.sampler.eta, self.trajectory.label, n)
+        expected = artifact_key(self.model.sha256, self.sampler.name, self.sampler.eta, self.trajectory.label, n,
+                                self.conditioning)
         if self.key != expected:
             raise ValueError(f"key {self.key!r} does not match its contents (expected {expected!r})")
         return self
@@ -115,13 +120,23 @@ def trajectory_label(kind: str, rho: float | None = None) -> str:
     return f"{kind}-rho{rho:g}" if rho is not None else kind
 
 
-def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int) -> str:
-    """model sha256 (first 16 hex digits) + sampler + eta + trajectory label + NFE, filename-safe."""
-    return f"{model_sha256[:16]}-{sampler}-eta{eta:g}-{trajectory}-nfe{nfe}"
+def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int,
+                 conditioning: Conditioning | None = None) -> str:
+    """model sha256 (first 16 hex digits) + sampler + eta + trajectory label + NFE (+ the
+    conditioning label of a class-conditional model, e.g. ``class-cfg3-null10``), filename-safe."""
+    key = f"{model_sha256[:16]}-{sampler}-eta{eta:g}-{trajectory}-nfe{nfe}"
+    return key if conditioning is None else f"{key}-{conditioning.label}"
 
 
-def upgrade_v1(data: dict) -> dict:
-    """Schema v1 (one evaluation per step) -> v2: add trajectory.steps/rho and eval_times."""
+def upgrade(data: dict) -> dict:
+    """An older schema's document as schema v3. v1 -> v2 (one evaluation per step): add
+    trajectory.steps/rho and eval_times; v2 -> v3 only added the optional ``conditioning``."""
+    if data.get("schema_version") == 1:
+        data = _upgrade_v1(data)
+    return dict(data, schema_version=3) if data.get("schema_version") == 2 else data
+
+
+def _upgrade_v1(data: dict) -> dict:
     data = dict(data, schema_version=2)
     trajectory = dict(data.get("trajectory") or {})
     if "nfe" in trajectory:
@@ -162,8 +177,14 @@ def ensure_writable(path: Path) -> None:
 
 def write_artifact(artifact: TauArtifact, path: Path) -> Path:
     """Atomic write: a reader sees either the old file or the whole new one, never half."""
+    return write_json_atomic(artifact, path)
+
+
+def write_json_atomic(document: BaseModel, path: Path) -> Path:
+    """Write a pydantic document as JSON atomically (temporary file in the same directory, fsync,
+    rename)."""
     path = Path(path)
-    text = artifact.model_dump_json(indent=2) + "\n"
+    text = document.model_dump_json(indent=2) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -201,8 +222,8 @@ def read_artifact(path: Path) -> TauArtifact:
             f"artifact {path} has schema_version {data.get('schema_version')!r}; this dpm-align reads "
             f"versions {', '.join(map(str, READABLE_VERSIONS))}: upgrade dpm-align or re-create the artifact"
         )
-    if isinstance(data, dict) and data.get("schema_version") == 1:
-        data = upgrade_v1(data)
+    if isinstance(data, dict):
+        data = upgrade(data)
     try:
         return TauArtifact.model_validate(data)
     except ValidationError as exc:
@@ -222,10 +243,12 @@ def check_artifact_matches(
     eta: float | None = None,
     trajectory: str | None = None,
     nfe: int | None = None,
+    conditioning: Conditioning | None | EllipsisType = ...,
     path: Path | str = "artifact",
 ) -> None:
-    """Refuse an artifact fitted for another model, schedule, sampler or trajectory
-    (``trajectory`` is compared with the artifact's label: the kind, plus rho for edm)."""
+    """Refuse an artifact fitted for another model, schedule, sampler, trajectory or conditioning
+    (``trajectory`` is compared with the artifact's label: the kind, plus rho for edm;
+    ``conditioning`` is checked unless left out, None meaning unconditional)."""
     problems = []
     if artifact.model.sha256 != model.sha256:
         problems.append(f"model sha256 {artifact.model.sha256[:16]}… != {model.sha256[:16]}…")
@@ -242,6 +265,9 @@ def check_artifact_matches(
         problems.append(f"trajectory {artifact.trajectory.label} != {trajectory}")
     if nfe is not None and artifact.trajectory.nfe != nfe:
         problems.append(f"nfe {artifact.trajectory.nfe} != {nfe}")
+    if conditioning is not ... and artifact.conditioning != conditioning:
+        label = lambda c: "unconditional" if c is None else c.label  # noqa: E731
+        problems.append(f"conditioning {label(artifact.conditioning)} != {label(conditioning)}")
     if problems:
         raise DpmAlignError(
             f"{path} was fitted for something else ({'; '.join(problems)}); "

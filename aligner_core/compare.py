@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .model import bind_labels, conditioning_of
 from .progress import Progress
 from .samplers import PerSampleNoise, StepContext, run_sampler
 
@@ -51,19 +52,21 @@ def paired_trajectories(
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per batch: the states at every point of ``grid`` of the reference (DDIM, eta=0, refined
     grid) under the name "reference", and of the sampler with each of ``candidates`` (name ->
-    taus; None = plain sampler), all from the same x_T; stochastic samplers share their step
-    noise between candidates."""
+    taus; None = plain sampler), all from the same x_T (and, for a class-conditional model, the
+    same per-sample labels); stochastic samplers share their step noise between candidates."""
     fine, per = refine_grid(grid, reference_nfe)
     schedule = eps.schedule
+    cond = conditioning_of(eps)
     batches = math.ceil(num_samples / batch_size)
     for b in range(batches):
         idx = range(b * batch_size, min(num_samples, (b + 1) * batch_size))
         with torch.no_grad():
             x_T = PerSampleNoise(seed, idx, sample_shape, device)()
-            out = {"reference": _reference_states(eps, x_T, fine, per, StepContext(schedule, 0.0))}
+            labelled = bind_labels(eps, None if cond is None else cond.per_sample_labels(seed, idx).to(device))
+            out = {"reference": _reference_states(labelled, x_T, fine, per, StepContext(schedule, 0.0))}
             for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
-                out[name] = run_sampler(sampler, eps, x_T, grid, chosen, StepContext(schedule, eta, noise, gamma), record=True)
+                out[name] = run_sampler(sampler, labelled, x_T, grid, chosen, StepContext(schedule, eta, noise, gamma), record=True)
         if progress:
             progress(b + 1, batches, f"batch {b + 1}/{batches}")
         yield out

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import UsageError
 from .progress import Progress
 from .compare import refine_grid
+from .model import bind_labels, conditioning_of
 from .samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
 from .schedule import NoiseSchedule
 
@@ -135,45 +136,51 @@ class StepProblem:
     index: int  # the evaluation being fitted
     center: float  # its nominal network time (tau = center is the plain sampler)
 
-    def advance(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """One aligned step x_t -> x_s (Eq. 4) with the given step noise (used when eta > 0)."""
-        ctx = StepContext(self.schedule, self.eta, (lambda: noise) if noise is not None else None, self.gamma)
+    def advance(self, tau: torch.Tensor | float, batch: "Batch") -> torch.Tensor:
+        """One aligned step x_t -> x_s (Eq. 4) of a batch, with its step noise (used when eta > 0)."""
+        ctx = StepContext(self.schedule, self.eta, (lambda: batch.noise) if batch.noise is not None else None, self.gamma)
         taus = [tau if k == self.index else v for k, v in enumerate(self.taus)]
-        return self.step(self.eps, x_t, self.t, self.s, taus, ctx)
+        return self.step(bind_labels(self.eps, batch.labels), batch.x_t, self.t, self.s, taus, ctx)
 
-    def losses(self, tau: torch.Tensor | float, x_t: torch.Tensor, noise: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-        return self.objective.loss(self.eps, self.advance(tau, x_t, noise), self.s, target)
+    def losses(self, tau: torch.Tensor | float, batch: "Batch") -> torch.Tensor:
+        return self.objective.loss(bind_labels(self.eps, batch.labels), self.advance(tau, batch), self.s, batch.target)
 
-    def mean_loss(self, tau: float, pool: "Pool") -> float:
+    def mean_loss(self, tau: float, pool: "Batch") -> float:
         """Mean objective over the whole pool, evaluated in batches, without gradients."""
         total = 0.0
         with torch.no_grad():
-            for x_t, noise, target in pool.batches(self.batch_size):
-                total += float(self.losses(tau, x_t, noise, target).sum())
+            for batch in pool.batches(self.batch_size):
+                total += float(self.losses(tau, batch).sum())
         return total / pool.size
 
 
 @dataclass
-class Pool:
+class Batch:
+    """States x_t at a step's start with what the step needs per sample: step noise (stochastic
+    samplers), class labels (class-conditional models) and the objective's target."""
+
     x_t: torch.Tensor
     noise: torch.Tensor | None
-    target: torch.Tensor
+    labels: torch.Tensor | None
+    target: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return self.x_t.shape[0]
 
+    def select(self, idx: slice | torch.Tensor) -> "Batch":
+        return Batch(*(None if v is None else v[idx] for v in (self.x_t, self.noise, self.labels, self.target)))
+
     def batches(self, batch_size: int):
         for i in range(0, self.size, batch_size):
-            sl = slice(i, i + batch_size)
-            yield self.x_t[sl], None if self.noise is None else self.noise[sl], self.target[sl]
+            yield self.select(slice(i, i + batch_size))
 
 
-BatchSource = Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+BatchSource = Callable[[], Batch]
 
 
 # ---------------------------------------------------------------- optimizers
-def golden_search(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
+def golden_search(problem: StepProblem, pool: Batch, draw: BatchSource, config: FitConfig) -> float:
     """Golden-section search of the pool-mean objective over tau in center +- window * (t - s).
 
     Deterministic (fixed pool, no gradients); keeps tau = center (the plain sampler's time)
@@ -197,21 +204,20 @@ def golden_search(problem: StepProblem, pool: Pool, draw: BatchSource, config: F
     return best if fbest < problem.mean_loss(center, pool) else center
 
 
-def adam_ratio(problem: StepProblem, pool: Pool, draw: BatchSource, config: FitConfig) -> float:
+def adam_ratio(problem: StepProblem, pool: Batch, draw: BatchSource, config: FitConfig) -> float:
     """The official optimizer: tau = r * t (t: the evaluation's nominal time), r initialised at 1,
     Adam on minibatches."""
     r = torch.ones((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([r], lr=config.lr)
     for _ in range(config.iterations):
-        x_t, noise, target = draw()
-        loss = problem.losses(r * problem.center, x_t, noise, target).mean()
+        loss = problem.losses(r * problem.center, draw()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return float(r.detach()) * problem.center
 
 
-Optimizer = Callable[[StepProblem, Pool, BatchSource, FitConfig], float]
+Optimizer = Callable[[StepProblem, Batch, BatchSource, FitConfig], float]
 OPTIMIZERS: dict[str, Optimizer] = {"golden": golden_search, "adam": adam_ratio}
 
 
@@ -259,46 +265,56 @@ def fit_taus(
     before: list[float | None] = [None] * len(taus)
     after: list[float | None] = [None] * len(taus)
 
+    cond = conditioning_of(eps)
+    if cond is not None and config.strategy == "parallel":
+        raise UsageError("the parallel strategy needs class labels for the data of a class-conditional model, which "
+                         "--data does not give; use --strategy sequential")
+    sequential = config.strategy == "sequential"
+
     def randn(n: int) -> torch.Tensor:
         return torch.randn((n, *shape), generator=gen, dtype=torch.float64).to(device)
 
-    def run_prefix(x: torch.Tensor, upto: int) -> torch.Tensor:
+    def random_labels(n: int) -> torch.Tensor | None:
+        return None if cond is None else cond.random_labels(n, gen).to(device)
+
+    def run_prefix(states: Batch, upto: int) -> Batch:
         """Aligned sampler from grid[0] to grid[upto] (fresh step noise when eta > 0)."""
+        x, e = states.x_t, bind_labels(eps, states.labels)
         with torch.no_grad():
             for j in range(upto):
                 ctx = StepContext(schedule, eta, (lambda n=x.shape[0]: randn(n)) if stochastic else None, gamma)
-                x = spec.step(eps, x, grid[j], grid[j + 1], taus[j * per : (j + 1) * per], ctx)
-        return x
+                x = spec.step(e, x, grid[j], grid[j + 1], taus[j * per : (j + 1) * per], ctx)
+        return Batch(x, None, states.labels)
 
-    def data_state(n: int, t: float) -> torch.Tensor:
+    def data_state(n: int, t: float) -> Batch:
         idx = torch.randint(0, data.shape[0], (n,), generator=gen)
         a, s = schedule.coeffs(t)
-        return a * data[idx].to(device=device, dtype=torch.float64) + s * randn(n)
+        return Batch(a * data[idx].to(device=device, dtype=torch.float64) + s * randn(n), None, None)
 
-    def make_pool(x_t: torch.Tensor, t: float, s: float) -> Pool:
-        noise = randn(x_t.shape[0]) if stochastic else None
+    def fresh_states(n: int, j: int, t: float) -> Batch:
+        """New x_{t_j}: from new x_T through the fitted steps (sequential) or from data (parallel)."""
+        return run_prefix(Batch(randn(n), None, random_labels(n)), j) if sequential else data_state(n, t)
+
+    def make_pool(states: Batch, t: float, s: float) -> Batch:
+        noise = randn(states.size) if stochastic else None
         with torch.no_grad():
-            target = torch.cat([objective.target(eps, x_t[i : i + config.batch_size], t, s, config)
-                                for i in range(0, x_t.shape[0], config.batch_size)])
-        return Pool(x_t, noise, target)
+            target = torch.cat([objective.target(bind_labels(eps, b.labels), b.x_t, t, s, config)
+                                for b in states.batches(config.batch_size)])
+        return Batch(states.x_t, noise, states.labels, target)
 
-    state = randn(config.num_samples) if config.strategy == "sequential" else None
+    state = Batch(randn(config.num_samples), None, random_labels(config.num_samples)) if sequential else None
     for j in range(steps):
         t, s = float(grid[j]), float(grid[j + 1])
         evals = range(j * per, (j + 1) * per)
         step_noise = None
         if j < steps - 1 or config.tune_last_step:
-            x_t = state if config.strategy == "sequential" else data_state(config.num_samples, t)
-            pool = make_pool(x_t, t, s)
+            pool = make_pool(state if sequential else data_state(config.num_samples, t), t, s)
             step_noise = pool.noise
 
-            def draw(pool=pool, t=t, s=s, j=j) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+            def draw(pool=pool, t=t, s=s, j=j) -> Batch:
                 if config.fresh_noise:
-                    n = config.batch_size
-                    fresh = run_prefix(randn(n), j) if config.strategy == "sequential" else data_state(n, t)
-                    return next(make_pool(fresh, t, s).batches(n))
-                idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
-                return pool.x_t[idx], None if pool.noise is None else pool.noise[idx], pool.target[idx]
+                    return make_pool(fresh_states(config.batch_size, j, t), t, s)
+                return pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
 
             if progress:
                 progress(j, steps, f"step {j + 1}/{steps}: t={t:.1f} -> {s:.1f}")
@@ -308,16 +324,15 @@ def fit_taus(
                 before[e] = problem.mean_loss(nominal[e], pool)
                 taus[e] = optimize(problem, pool, draw, config)
                 after[e] = problem.mean_loss(taus[e], pool)
-        if config.strategy == "sequential" and j < steps - 1:  # advance the trajectories with the fitted taus
+        if sequential and j < steps - 1:  # advance the trajectories with the fitted taus
             if step_noise is None and stochastic:
-                step_noise = randn(state.shape[0])
+                step_noise = randn(state.size)
             problem = StepProblem(eps, spec.step, objective, schedule, eta, t, s, config.batch_size, gamma,
                                   taus[evals.start : evals.stop], 0, taus[evals.start])
-            bs = config.batch_size
+            current = Batch(state.x_t, step_noise, state.labels)
             with torch.no_grad():
-                state = torch.cat([problem.advance(taus[evals.start], state[i : i + bs],
-                                                   None if step_noise is None else step_noise[i : i + bs])
-                                   for i in range(0, state.shape[0], bs)])
+                x = torch.cat([problem.advance(taus[evals.start], b) for b in current.batches(config.batch_size)])
+            state = Batch(x, None, state.labels)
     if progress:
         progress(steps, steps, "done")
     return FitResult(taus, before, after, time.perf_counter() - start)

@@ -51,7 +51,9 @@ class GMMEpsNet(nn.Module):
         self.register_buffer("stds", mixture.stds.clone())
         self.register_buffer("log_weights", mixture.weights.log())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` (class-conditional use): label k < K restricts the data to component k
+        (its exact eps); label K is the whole mixture."""
         shape = x.shape
         xf = x.reshape(shape[0], -1).to(torch.float64)
         a = self.schedule.alpha(t.to(torch.float64))[:, None]  # [B, 1]
@@ -60,6 +62,10 @@ class GMMEpsNet(nn.Module):
         diff = xf[:, None, :] - a[:, :, None] * self.means[None]  # [B, K, D]
         dim = xf.shape[1]
         logits = self.log_weights[None] - 0.5 * dim * torch.log(var) - 0.5 * diff.square().sum(-1) / var
+        if labels is not None:
+            k = torch.arange(self.means.shape[0], device=x.device)
+            keep = (labels[:, None] == k[None]) | (labels[:, None] == len(k))
+            logits = logits.masked_fill(~keep, float("-inf"))
         post = torch.softmax(logits, dim=1)  # [B, K]
         score = -(post[:, :, None] * diff / var[:, :, None]).sum(1)
         return (-s * score).reshape(shape).to(x.dtype)

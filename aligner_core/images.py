@@ -1,9 +1,11 @@
-"""Writing samples: one PNG per sample plus a grid PNG, or one .npz."""
+"""Writing samples: one PNG per sample plus a grid PNG, or one .npz; class labels beside them."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,8 +49,10 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int = 0) -> list[Path]:
-    """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``."""
+def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int = 0,
+                 labels: Sequence[int] | None = None) -> list[Path]:
+    """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``.
+    Class labels go into the .npz (``labels``) or ``labels.json`` ({"00000.png": label, ...})."""
     if fmt not in ("png", "npz"):
         raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
     out = prepare_out_dir(out)
@@ -59,10 +63,15 @@ def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int 
             path = out / f"{start_index + k:05d}.png"
             _pil(img).save(path)
             written.append(path)
+        if labels is not None:
+            path = out / "labels.json"
+            path.write_text(json.dumps({p.name: int(c) for p, c in zip(written, labels)}, indent=0) + "\n")
+            written.append(path)
     else:
         path = out / "samples.npz"
         tmp = out / ".samples.npz.tmp.npz"
-        np.savez_compressed(tmp, images=images)
+        extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
+        np.savez_compressed(tmp, images=images, **extra)
         tmp.replace(path)
         written.append(path)
     grid = out / "grid.png"

@@ -38,7 +38,7 @@ from torch import nn
 
 from .artifact import ModelInfo
 from .errors import DpmAlignError, UsageError
-from .model import PREDICTION_TYPES, EpsModel
+from .model import PREDICTION_TYPES, Conditioning, EpsModel
 from .nets import ARCHITECTURES
 from .schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
@@ -205,14 +205,18 @@ def _build_checkpoint(weights: Path, config_path: Path, trust_pickle: bool) -> t
 
 
 class DiffusersUNet(nn.Module):
-    """Adapter: diffusers UNet2DModel(x, t).sample -> tensor (accepts fractional t)."""
+    """Adapter: diffusers UNet2DModel(x, t, class_labels).sample -> tensor (accepts fractional t)."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t).sample
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x, t, class_labels=class_labels).sample
+
+    @property
+    def num_class_embeds(self) -> int | None:
+        return self.unet.config.num_class_embeds
 
 
 def _load_diffusers_unet(path: Path, subfolder: str | None) -> nn.Module:
@@ -225,8 +229,11 @@ def _load_diffusers_unet(path: Path, subfolder: str | None) -> nn.Module:
     if config.get("_class_name") != "UNet2DModel":
         raise UsageError(
             f"{where} holds a {config.get('_class_name', 'unknown')} network; dpm-align supports diffusers "
-            "UNet2DModel (pixel-space unconditional) checkpoints"
+            "UNet2DModel (pixel-space, unconditional or class-conditional) checkpoints"
         )
+    if config.get("class_embed_type") is not None:
+        raise UsageError(f"{where} uses class_embed_type {config['class_embed_type']!r}; dpm-align supports class "
+                         "conditioning through num_class_embeds (integer labels) only")
     try:
         unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
     except Exception as exc:
@@ -246,6 +253,7 @@ class _Found:
     sample_shape: tuple[int, ...]
     source: str
     dtype: torch.dtype = torch.float32
+    num_class_embeds: int | None = None  # class-conditional: the network is called net(x, t, labels)
 
 
 def _from_checkpoint(weights: Path, config_path: Path, trust_pickle: bool, fmt: str, source: str) -> _Found:
@@ -277,25 +285,30 @@ def _from_diffusers(path: Path, schedule: str | None) -> _Found:
     else:
         net, spec, prediction, fmt = _load_diffusers_unet(path, None), parse_schedule_option(schedule), "epsilon", "diffusers-unet"
     unet_cfg = net.unet.config
-    return _Found(net, spec, prediction, fmt, (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size)), source)
+    return _Found(net, spec, prediction, fmt, (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size)), source,
+                  num_class_embeds=net.num_class_embeds)
 
 
 def _from_gmm(text: str) -> _Found:
-    """``gmm`` or ``gmm:dim=64,components=8,seed=0``: the exact eps of a Gaussian mixture."""
+    """``gmm`` or ``gmm:dim=64,components=8,seed=0[,classes=1]``: the exact eps of a Gaussian
+    mixture; ``classes=1`` makes it class-conditional (label k = component k, label K = the whole
+    mixture, the null class)."""
     from .gmm import GaussianMixture, GMMEpsNet
 
     options = {"dim": 64, "components": 8, "seed": 0}
     for item in filter(None, text.partition(":")[2].split(",")):
         name, _, value = item.partition("=")
-        if name not in options or not value.isdigit() or int(value) < 1:
-            raise UsageError(f"bad gmm option {item!r} in --model {text}; use gmm:dim=64,components=8,seed=0")
+        if name not in (*options, "classes") or not value.isdigit() or int(value) < (0 if name in ("seed", "classes") else 1):
+            raise UsageError(f"bad gmm option {item!r} in --model {text}; use gmm:dim=64,components=8,seed=0[,classes=1]")
         options[name] = int(value)
+    classes = options.pop("classes", 0) > 0
     spec = ScheduleSpec()
     mixture = GaussianMixture.random(options["components"], options["dim"], seed=options["seed"])
     side = int(round(options["dim"] ** 0.5))
     shape = (1, side, side) if side * side == options["dim"] else (1, 1, options["dim"])
-    canonical = "gmm:" + ",".join(f"{k}={v}" for k, v in options.items())
-    return _Found(GMMEpsNet(mixture, NoiseSchedule(spec)), spec, "epsilon", "gmm", shape, canonical, torch.float64)
+    canonical = "gmm:" + ",".join(f"{k}={v}" for k, v in options.items()) + (",classes=1" if classes else "")
+    return _Found(GMMEpsNet(mixture, NoiseSchedule(spec)), spec, "epsilon", "gmm", shape, canonical, torch.float64,
+                  options["components"] + 1 if classes else None)
 
 
 def _from_path(p: Path, schedule: str | None, sample_shape: tuple[int, int, int] | None, trust_pickle: bool) -> _Found:
@@ -562,6 +575,8 @@ def load_model(
     sample_shape: tuple[int, int, int] | str | None = None,
     arch: str | None = None,
     arch_config: str | Path | None = None,
+    guidance_scale: float | None = None,
+    null_class: int | None = None,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
     ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
@@ -569,7 +584,9 @@ def load_model(
     ``schedule`` (a name or a scheduler_config.json path), ``prediction_type`` and ``sample_shape``
     ((C, H, W) or "C,H,W") override what the model's own files say (``sample_shape`` must match a
     gmm's). ``arch`` ("package.module:Class") with ``arch_config`` (a JSON file of constructor
-    keyword arguments) builds the network for the bare state dict at ``path``."""
+    keyword arguments) builds the network for the bare state dict at ``path``. For a
+    class-conditional network, ``guidance_scale`` (default 1: none) and ``null_class`` (default with
+    guidance: the last class embedding) set the classifier-free guidance."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
@@ -607,7 +624,30 @@ def load_model(
         num_train_timesteps=spec.num_train_timesteps,
         schedule=spec,
     )
-    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype), info, tuple(int(v) for v in found.sample_shape))
+    conditioning = make_conditioning(found.num_class_embeds, guidance_scale, null_class, found.source)
+    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning), info,
+                       tuple(int(v) for v in found.sample_shape))
+
+
+def make_conditioning(num_class_embeds: int | None, guidance_scale: float | None, null_class: int | None,
+                      source: str) -> Conditioning | None:
+    """The conditioning of a network with ``num_class_embeds`` class embeddings (None: unconditional).
+    With guidance the null class defaults to the last embedding (the DiT convention)."""
+    if num_class_embeds is None:
+        if guidance_scale not in (None, 1.0) or null_class is not None:
+            raise UsageError(f"{source} is not class-conditional; drop --guidance-scale and --null-class")
+        return None
+    scale = 1.0 if guidance_scale is None else float(guidance_scale)
+    if scale < 0:
+        raise UsageError(f"--guidance-scale {scale:g} is negative; use w >= 0 (1 = no guidance)")
+    if null_class is None and scale != 1.0:
+        null_class = num_class_embeds - 1
+    if null_class is not None and not 0 <= null_class < num_class_embeds:
+        raise UsageError(f"--null-class {null_class} is not a label of {source}; use 0..{num_class_embeds - 1}")
+    if null_class is not None and num_class_embeds < 2:
+        raise UsageError(f"{source} has a single class embedding; it cannot be both a class and the null class: "
+                         "drop --guidance-scale and --null-class")
+    return Conditioning(num_class_embeds=num_class_embeds, null_class=null_class, guidance_scale=scale)
 
 
 def _hw(sample_size: int | list | tuple) -> tuple[int, int]:

@@ -4,13 +4,21 @@ Parameterization (epsilon / sample / v_prediction) is converted here and nowhere
 sampler step only ever sees a noise prediction. Conversion uses the schedule at the time the
 network is *conditioned on*: with a tau override, eps(x, tau) is the noise the network predicts
 when it believes x sits at time tau (Eq. 4 replaces t_i by tau_i inside eps_theta).
+
+Class conditioning and classifier-free guidance live here too: a class-conditional network is
+called ``net(x, t, labels)``, and with guidance scale w != 1 the wrapper returns
+eps_null + w (eps_label - eps_null) (Ho & Salimans, 2022), the null label being one of the
+network's class embeddings. Samplers and the fit never see labels: they receive ``bind(labels)``,
+an eps(x, t) for one batch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from .errors import UsageError
@@ -18,6 +26,57 @@ from .schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+class Conditioning(BaseModel):
+    """How a class-conditional network is conditioned (stored in the artifact; part of its key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_class_embeds: int = Field(ge=1, description="class embeddings of the network, labels 0..num_class_embeds-1")
+    null_class: int | None = Field(None, description="the unconditional label (classifier-free guidance); never drawn")
+    guidance_scale: float = Field(1.0, ge=0, description="w: eps_null + w (eps_label - eps_null); 1 = no guidance")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Conditioning":
+        if self.null_class is not None and not 0 <= self.null_class < self.num_class_embeds:
+            raise ValueError(f"null class {self.null_class} is not a label of the network (0..{self.num_class_embeds - 1})")
+        if self.guidance_scale != 1.0 and self.null_class is None:
+            raise ValueError("classifier-free guidance needs a null class")
+        if not self.classes:
+            raise ValueError("no class label is left besides the null class")
+        return self
+
+    @property
+    def classes(self) -> list[int]:
+        """The labels samples are drawn from (all embeddings but the null class)."""
+        return [c for c in range(self.num_class_embeds) if c != self.null_class]
+
+    @property
+    def label(self) -> str:
+        """The conditioning as it appears in artifact keys: ``class``, ``class-cfg3-null10``."""
+        guidance = f"-cfg{self.guidance_scale:g}" if self.guidance_scale != 1.0 else ""
+        null = f"-null{self.null_class}" if self.null_class is not None else ""
+        return f"class{guidance}{null}"
+
+    def check_labels(self, labels: Sequence[int]) -> list[int]:
+        bad = [int(c) for c in labels if int(c) not in self.classes]
+        if bad:
+            null = f" (label {self.null_class} is the null class)" if self.null_class is not None else ""
+            raise UsageError(f"--class-label {bad[0]} is not a class of this model; use 0..{self.num_class_embeds - 1}{null}")
+        return [int(c) for c in labels]
+
+    def random_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        classes = torch.tensor(self.classes)
+        return classes[torch.randint(0, len(classes), (n,), generator=generator)]
+
+    def per_sample_labels(self, seed: int, indices: Sequence[int], given: Sequence[int] | None = None) -> torch.Tensor:
+        """Sample k's label: ``given[k % len(given)]``, else drawn from (seed, k) alone, so that it
+        does not depend on the batch size (like ``samplers.PerSampleNoise``)."""
+        if given:
+            return torch.tensor([int(given[k % len(given)]) for k in indices])
+        gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + int(k) + 2**40) for k in indices]
+        return torch.cat([self.random_labels(1, g) for g in gens]) if gens else torch.zeros(0, dtype=torch.long)
 
 
 class EpsModel:
@@ -29,6 +88,7 @@ class EpsModel:
         schedule: NoiseSchedule,
         prediction_type: str = "epsilon",
         dtype: torch.dtype = torch.float32,
+        conditioning: Conditioning | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(
@@ -38,17 +98,44 @@ class EpsModel:
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.dtype = dtype
+        self.conditioning = conditioning
 
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """The one place where internal time becomes the network's input time (identity for
         discrete DDPM networks, whose input is the step index 0..T-1, fractional allowed)."""
         return t.to(self.dtype)
 
-    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def bind(self, labels: torch.Tensor | None) -> "EpsModel | _Labelled":
+        """eps(x, t) for one batch with these class labels (self when unconditional)."""
+        if self.conditioning is None:
+            return self
+        if labels is None:
+            raise ValueError("a class-conditional model needs class labels for every batch")
+        return _Labelled(self, labels)
+
+    def _network(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The raw network output; with guidance w != 1, null + w (label - null) from one
+        doubled batch."""
+        x, t = x.to(self.dtype), self.net_time(t)
+        cond = self.conditioning
+        if cond is None:
+            return self.net(x, t)
+        labels = labels.to(x.device)
+        if cond.guidance_scale == 1.0:
+            return self.net(x, t, labels)
+        null = torch.full_like(labels, cond.null_class)
+        out_label, out_null = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        return out_null + cond.guidance_scale * (out_label - out_null)
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(batch)
-        out = self.net(x.to(self.dtype), self.net_time(t)).to(x.dtype)
+        if self.conditioning is not None and (labels is None or labels.shape[0] != batch):
+            raise ValueError(f"a class-conditional model needs one class label per sample ({batch})")
+        # Guidance mixes raw outputs; the conversion to eps below is linear in them, so this equals
+        # mixing the two eps predictions.
+        out = self._network(x, t, labels).to(x.dtype)
         if self.prediction_type == "epsilon":
             return out
         shape = (batch,) + (1,) * (x.dim() - 1)
@@ -57,3 +144,28 @@ class EpsModel:
         if self.prediction_type == "sample":  # out = x0
             return (x - alpha * out) / sigma
         return alpha * out + sigma * x  # v = alpha eps - sigma x0  =>  eps = alpha v + sigma x
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    """``EpsModel.bind``: eps(x, t) with the labels of one batch."""
+
+    model: EpsModel
+    labels: torch.Tensor
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.model.schedule
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, self.labels)
+
+
+def conditioning_of(eps) -> Conditioning | None:
+    """The conditioning of an eps callable (None for unconditional models and plain callables)."""
+    return getattr(eps, "conditioning", None)
+
+
+def bind_labels(eps, labels: torch.Tensor | None):
+    """``eps.bind(labels)`` for a class-conditional EpsModel, else eps itself."""
+    return eps.bind(labels) if conditioning_of(eps) is not None else eps

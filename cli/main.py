@@ -59,6 +59,8 @@ PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="overr
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)")]
 ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.module:Class for a bare state dict --model")]
 ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="class-conditional models: classifier-free guidance scale w, eps_null + w (eps_label - eps_null) [default: 1, no guidance]")]
+NullClassOpt = Annotated[Optional[int], typer.Option(help="class-conditional models: the unconditional label [default with guidance: the last class embedding]")]
 ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)")]
 NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]")]
 SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun | analytic-ddim | analytic-ddpm [default: ddim]")]
@@ -82,6 +84,8 @@ class ModelSpec:
     arch: str | None = None
     arch_config: Path | None = None
     sample_shape: str | None = None
+    guidance_scale: float | None = None
+    null_class: int | None = None
 
     @property
     def given(self) -> bool:
@@ -91,7 +95,8 @@ class ModelSpec:
         dev = resolve_device(device)
         return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
                           trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
-                          sample_shape=self.sample_shape), dev
+                          sample_shape=self.sample_shape, guidance_scale=self.guidance_scale,
+                          null_class=self.null_class), dev
 
 
 def _model_options(
@@ -102,6 +107,8 @@ def _model_options(
     arch: ArchOpt = None,
     arch_config: ArchConfigOpt = None,
     sample_shape: ShapeOpt = None,
+    guidance_scale: GuidanceOpt = None,
+    null_class: NullClassOpt = None,
 ) -> None:
     """Template: the options ``with_model_options`` adds to a command (fields of ModelSpec)."""
 
@@ -234,6 +241,7 @@ def sample_cmd(
     fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz")] = "png",
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
     no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
+    class_label: Annotated[Optional[list[int]], typer.Option("--class-label", help="class-conditional models: the label of the samples (repeat it to cycle through several) [default: random per sample]")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -251,17 +259,19 @@ def sample_cmd(
     problem = not_better_message(artifact) if artifact is not None else None
     if problem:
         stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
-    chunks = []
+    batches = []
     with progress_bar(f"sampling {num_samples}", quiet) as progress:
-        for _, x in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                             device=dev, progress=progress):
-            chunks.append(x.cpu())
-    written = save_samples(torch.cat(chunks), out, fmt)
+        for batch in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                              device=dev, class_labels=class_label, progress=progress):
+            batches.append(batch)
+    labels = None if loaded.eps.conditioning is None else torch.cat([b.labels.cpu() for b in batches]).tolist()
+    written = save_samples(torch.cat([b.samples.cpu() for b in batches]), out, fmt, labels=labels)
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
         "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
         "aligned": artifact is not None, "taus_file": str(source) if source else None,
-        "taus": chosen, "grid": str(written[-1]),
+        "taus": chosen, "grid": str(written[-1]), "labels": labels,
+        "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
     }
     if json_out:
         emit_json(summary)
@@ -317,6 +327,11 @@ def _print_table(artifact) -> None:
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
                f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
                f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
+    c = artifact.conditioning
+    if c is not None:
+        guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
+        null = f", null class {c.null_class}" if c.null_class is not None else ""
+        typer.echo(f"conditioning: class labels {', '.join(map(str, c.classes))} ({guidance}{null})")
     v = artifact.validation
     if v is not None:
         changes = v.changes()

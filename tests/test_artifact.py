@@ -34,7 +34,7 @@ def artifact(tiny) -> TauArtifact:
 def test_required_fields_and_round_trip(artifact, tmp_path):
     path = write_artifact(artifact, tmp_path / "taus.json")
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     for field in ("dpm_align_version", "created", "key", "model", "sampler", "trajectory", "taus", "eval_times", "fit"):
         assert field in data
     assert set(data["model"]) >= {"sha256", "source", "format", "prediction_type", "num_train_timesteps", "schedule"}
@@ -48,9 +48,18 @@ def test_required_fields_and_round_trip(artifact, tmp_path):
 def test_schema_v1_artifacts_are_read_and_upgraded(artifact, tmp_path):
     v1 = artifact.model_dump(mode="json")
     v1["schema_version"] = 1
-    del v1["eval_times"], v1["trajectory"]["steps"], v1["trajectory"]["rho"]
+    del v1["eval_times"], v1["trajectory"]["steps"], v1["trajectory"]["rho"], v1["conditioning"]
     path = tmp_path / "v1.json"
     path.write_text(json.dumps(v1))
+    assert read_artifact(path) == artifact
+
+
+def test_schema_v2_artifacts_are_read(artifact, tmp_path):
+    v2 = artifact.model_dump(mode="json")
+    v2["schema_version"] = 2
+    del v2["conditioning"]
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(v2))
     assert read_artifact(path) == artifact
 
 
@@ -77,8 +86,8 @@ def test_write_is_atomic_when_interrupted(artifact, tmp_path, monkeypatch):
     "mutate,message",
     [(lambda text: text[: len(text) // 2], "is not valid JSON"),
      (lambda text: "[1, 2", "is not valid JSON"),
-     (lambda text: text.replace('"schema_version": 2', '"schema_version": 7'), "has schema_version 7"),
-     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v2 \\(bogus"),
+     (lambda text: text.replace('"schema_version": 3', '"schema_version": 7'), "has schema_version 7"),
+     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v3 \\(bogus"),
      (lambda text: json.dumps({**json.loads(text), "taus": [1.0]}), "taus has 1 values"),
      (lambda text: json.dumps({**json.loads(text), "key": "other"}), "key 'other' does not match its contents")],
 )

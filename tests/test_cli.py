@@ -170,7 +170,7 @@ def test_usage_errors(cli, tiny_ckpt, args, fragment):
     one_line_error(cli("align", "--model", tiny_ckpt, *args, *FAST), 2, fragment)
 
 
-@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 3}', "has schema_version 3"),
+@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 4}', "has schema_version 4"),
                                                ('{"schema_version": 2}', "does not match the tau artifact schema")])
 def test_bad_artifacts(cli, tiny_ckpt, tmp_path, content, fragment):
     path = tmp_path / "bad.json"

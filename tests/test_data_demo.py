@@ -54,7 +54,7 @@ def test_demo_samples_look_like_digits():
     """Digit images: mostly dark background, a minority of bright stroke pixels, few grey ones."""
     model = load_model(None)
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 20)
-    (_, x), = list(generate(model, plan, None, num_samples=16, batch_size=16, seed=0))
+    (x,) = [b.samples for b in generate(model, plan, None, num_samples=16, batch_size=16, seed=0)]
     pixels = x.clamp(-1, 1).flatten()
     background = float((pixels < -0.8).float().mean())
     strokes = float((pixels > 0.5).float().mean())

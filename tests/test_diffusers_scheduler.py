@@ -132,7 +132,7 @@ def test_scheduler_loop_matches_generate(model, fitted, pipe):
     """`dpm-align sample` (api.generate) and the diffusers loop agree from the same per-sample noise."""
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", K)
     assert list(plan.grid) == fitted.trajectory.timesteps
-    ((_, ours),) = list(generate(model, plan, fitted.taus, num_samples=2, batch_size=2, seed=3))
+    (ours,) = [b.samples for b in generate(model, plan, fitted.taus, num_samples=2, batch_size=2, seed=3)]
     x_T = PerSampleNoise(3, range(2), model.sample_shape)().to(torch.float32)
     with torch.no_grad():
         theirs = pipeline_loop(pipe.unet, AlignedScheduler.from_artifact(fitted), x_T)
