@@ -30,6 +30,7 @@ from .artifact import (
 from .compare import paired_trajectories, refine_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
+from .features import FeatureReference
 from .fit import FitConfig, fit_taus
 from .gamma_cache import cached_gammas
 from .loading import LoadedModel
@@ -281,6 +282,20 @@ class AblationRow(BaseModel):
     frechet_pixel: float
 
 
+class FeatureReport(BaseModel):
+    """Fréchet distance of the end points to real data in a feature space (FID for Inception)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str  # "fid" (Inception-v3) or "fd_features" (a user's TorchScript network)
+    network: str  # "<kind>:<sha256[:16]>" of the network file
+    reference: str  # the --data value or statistics file
+    reference_samples: int
+    num_samples: int
+    baseline: float
+    aligned: float
+
+
 class GapReport(BaseModel):
     """Fig. 2: per grid point, mean L2 between the few-step sampler's state and a high-NFE
     deterministic reference trajectory (DDIM, eta=0) from the same x_T; plus the pixel-space
@@ -308,6 +323,7 @@ class GapReport(BaseModel):
     frechet_pixel_baseline: float
     frechet_pixel_aligned: float
     ablation: list[AblationRow] | None = None
+    features: FeatureReport | None = None
 
 
 def trajectory_gap(
@@ -320,9 +336,12 @@ def trajectory_gap(
     reference_nfe: int = 1000,
     seed: int = 0,
     ablation: bool = False,
+    features: FeatureReference | None = None,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> GapReport:
+    """Fig. 2 (and Fig. 6 with ``ablation``); with ``features``, also the Fréchet distance of the
+    baseline and aligned end points to the real data's statistics in that feature space."""
     candidates: dict[str, Sequence[float] | None] = {"baseline": None, "aligned": taus}
     per = len(plan.eval_times) // plan.steps
     if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
@@ -341,6 +360,12 @@ def trajectory_gap(
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
+    feature_report = None
+    if features is not None:
+        feature_report = FeatureReport(
+            metric=features.net.metric, network=features.net.id, reference=features.name,
+            reference_samples=features.stats.num_samples, num_samples=num_samples,
+            **{name: features.distance(torch.cat(ends[name])) for name in ("baseline", "aligned")})
     rows = None
     if ablation:
         names = ["baseline", *[f"first-{k}" for k in range(1, plan.steps)], "aligned"]
@@ -353,4 +378,5 @@ def trajectory_gap(
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
         frechet_pixel_baseline=frechet["baseline"], frechet_pixel_aligned=frechet["aligned"], ablation=rows,
+        features=feature_report,
     )

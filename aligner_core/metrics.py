@@ -6,15 +6,18 @@ import torch
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two sets of vectors [N, D] (float64):
-    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}).
+    """Fréchet distance between Gaussians fitted to two sets of vectors [N, D] (float64)."""
+    a, b = a.flatten(1).to(torch.float64), b.flatten(1).to(torch.float64)
+    return frechet_from_stats(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+
+def frechet_from_stats(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}) (the FID formula).
 
     tr((S_a S_b)^{1/2}) is computed as the sum of sqrt of the eigenvalues of
     S_a^{1/2} S_b S_a^{1/2} (symmetric PSD), which is stable for rank-deficient covariances
     (fewer samples than dimensions)."""
-    a, b = a.flatten(1).to(torch.float64), b.flatten(1).to(torch.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    mu_a, mu_b, cov_a, cov_b = (torch.as_tensor(v, dtype=torch.float64) for v in (mu_a, mu_b, cov_a, cov_b))
     vals, vecs = torch.linalg.eigh(cov_a)
     root_a = (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
     middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()

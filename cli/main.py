@@ -33,6 +33,7 @@ from dpm_align.aligner_core.artifact import (
 )
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.exports import export_schedule
+from dpm_align.aligner_core.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
 from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
@@ -352,19 +353,35 @@ def eval_cmd(
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="FID: a local TorchScript Inception-v3 (inception-2015-12-05.pt of StyleGAN2-ADA/EDM/clean-fid); nothing is downloaded")] = None,
+    feature_net: Annotated[Optional[Path], typer.Option(help="Fréchet distance in the features of your TorchScript network f(x in [-1, 1]) -> [N, F]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="real images for --inception-weights/--feature-net: image folder, .npz, or mnist | cifar10 | digits")] = None,
+    reference_stats: Annotated[Optional[Path], typer.Option(help="precomputed real-data statistics (.npz with mu, sigma) instead of --data")] = None,
+    save_stats: Annotated[Optional[Path], typer.Option(help="write the statistics of --data to this .npz for later --reference-stats")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end."""
+    """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end;
+    FID / feature-space Fréchet distance to real data with --inception-weights or --feature-net."""
     if plot is not None:
         prepare_out_dir(plot)
+    if inception_weights is not None and feature_net is not None:
+        raise UsageError("--inception-weights and --feature-net both name a feature network; pass one of them")
+    if inception_weights is None and feature_net is None and (data or reference_stats or save_stats):
+        raise UsageError("--data, --reference-stats and --save-stats are for a feature distance; "
+                         "also pass --inception-weights FILE or --feature-net FILE")
     loaded, dev = spec.load(device)
     plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
+    reference = None
+    if inception_weights is not None or feature_net is not None:
+        net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
+        reference = feature_reference(net, loaded.sample_shape, data=data, stats=reference_stats, save=save_stats)
     with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
-                                reference_nfe=reference_nfe, seed=seed, ablation=ablation, device=dev, progress=progress)
+                                reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
+                                device=dev, progress=progress)
     if plot is not None:
         plot_gap(report, plot / "gap.png")
         plot_artifact(artifact, plot / "taus.png")
@@ -391,6 +408,11 @@ def eval_cmd(
                f"({change:+.1f}%: {'better' if change < 0 else 'NOT better'})")
     typer.echo(f"pixel Fréchet distance to the reference samples: baseline {report.frechet_pixel_baseline:.4f}, "
                f"aligned {report.frechet_pixel_aligned:.4f}")
+    f = report.features
+    if f is not None:
+        typer.echo(f"{'FID' if f.metric == 'fid' else 'feature Fréchet distance'} to {f.reference} "
+                   f"({f.reference_samples} real, {f.num_samples} generated): baseline {f.baseline:.4f}, "
+                   f"aligned {f.aligned:.4f}")
 
 
 def run() -> None:

@@ -1,0 +1,118 @@
+"""FID and feature-space Fréchet distances with small stand-in TorchScript networks (no download)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dpm_align.aligner_core.data import load_data
+from dpm_align.aligner_core.errors import UsageError
+from dpm_align.aligner_core.features import FeatureNet, FeatureStats, feature_reference, load_stats, save_stats
+from dpm_align.aligner_core.metrics import frechet_distance, frechet_from_stats
+from tests.conftest import assert_one_line, parse_json
+from tests.test_cli import FAST, one_line_error
+
+
+class StandInInception(nn.Module):
+    """The calling convention of the FID Inception (inception-2015-12-05.pt): 3-channel images
+    with values 0..255, ``return_features=True`` -> [N, F]. Refuses anything else."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert return_features, "FID needs the pool features"
+        assert x.shape[1] == 3, "Inception takes RGB"
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 255.0 and float(x.max()) > 2.0, "values 0..255"
+        pooled = nn.functional.adaptive_avg_pool2d(x / 255.0, 2).flatten(1)  # [N, 12]
+        return torch.cat([pooled, pooled.square()], dim=1)  # [N, 24]
+
+
+class StandInFeatures(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x.flatten(1)[:, :6] * 2.0)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nets")
+    torch.jit.save(torch.jit.script(StandInInception()), root / "inception.pt")
+    torch.jit.save(torch.jit.script(StandInFeatures()), root / "features.pt")
+    return root / "inception.pt", root / "features.pt"
+
+
+def test_frechet_from_stats_is_the_sample_formula():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 4, generator=gen, dtype=torch.float64), torch.randn(40, 4, generator=gen, dtype=torch.float64) + 1
+    assert frechet_from_stats(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)) == pytest.approx(frechet_distance(a, b))
+
+
+def test_inception_gets_rgb_0_255_and_stats_round_trip(nets, tmp_path):
+    net = FeatureNet(nets[0], "inception")
+    gray = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
+    features = net.features(gray)
+    expected = StandInInception()(((gray + 1) * 127.5).round().expand(-1, 3, -1, -1), return_features=True)
+    assert torch.allclose(features, expected.to(torch.float64))
+    stats = net.stats(torch.rand(10, 1, 8, 8) * 2 - 1)
+    path = save_stats(stats, tmp_path / "s.npz")
+    back = load_stats(path, net.id)
+    assert torch.equal(back.mu, stats.mu) and torch.equal(back.sigma, stats.sigma)
+    assert back.num_samples == 10 and back.feature_net == net.id and net.metric == "fid"
+    assert back.distance(stats) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_pytorch_fid_style_stats_without_metadata_are_read(tmp_path):
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
+    stats = load_stats(tmp_path / "ref.npz", "inception:0123")
+    assert stats.feature_net is None and stats.num_samples == 0
+    assert stats.distance(FeatureStats(torch.ones(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), 5, None)) \
+        == pytest.approx(3.0)
+
+
+def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
+    taus = tmp_path / "taus.json"
+    assert cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", taus, *FAST).exit_code == 0
+    common = ("eval", "--model", tiny_ckpt, "--taus", taus, "-n", "12", "--reference-nfe", "6", "--device", "cpu",
+              "--quiet", "--json", "--inception-weights", nets[0])
+    stats = tmp_path / "digits.npz"
+    first = cli(*common, "--data", "digits", "--save-stats", stats)
+    assert first.exit_code == 0, first.output
+    report = parse_json(first)["features"]
+    assert report["metric"] == "fid" and report["reference"] == "digits" and report["reference_samples"] == 1797
+    digits = FeatureNet(nets[0], "inception").stats(load_data("digits", (1, 8, 8)))
+    assert torch.allclose(load_stats(stats).mu, digits.mu)
+    again = parse_json(cli(*common, "--reference-stats", stats))["features"]
+    assert (again["baseline"], again["aligned"]) == (report["baseline"], report["aligned"])
+    text = cli(*common[:-3], "--inception-weights", nets[0], "--reference-stats", stats)
+    assert "FID to" in text.stdout and "(1797 real, 12 generated)" in text.stdout
+    other = parse_json(cli(*common[:-2], "--feature-net", nets[1], "--data", "digits"))["features"]
+    assert other["metric"] == "fd_features" and other["network"].startswith("torchscript:")
+
+
+@pytest.mark.parametrize("options,fragment", [
+    (("--inception-weights", "INC", "--feature-net", "FEAT", "--data", "digits"), "pass one of them"),
+    (("--data", "digits"), "also pass --inception-weights FILE or --feature-net FILE"),
+    (("--inception-weights", "INC"), "pass --data (images) or --reference-stats FILE.npz, one of them"),
+    (("--inception-weights", "missing.pt", "--data", "digits"), "does not exist; pass a local TorchScript file"),
+    (("--feature-net", "NOTJIT", "--data", "digits"), "is not a loadable TorchScript network"),
+    (("--inception-weights", "INC", "--reference-stats", "STATS", "--save-stats", "x.npz"), "--save-stats writes the statistics of --data"),
+    (("--feature-net", "FEAT", "--reference-stats", "STATS"), "was made with the feature network inception:"),
+    (("--inception-weights", "INC", "--reference-stats", "BAD"), "has no 'mu' and 'sigma' arrays"),
+])
+def test_feature_distance_errors(cli, tiny_ckpt, tmp_path, nets, options, fragment):
+    taus = tmp_path / "taus.json"
+    assert cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", taus, *FAST).exit_code == 0
+    stats = save_stats(FeatureNet(nets[0], "inception").stats(torch.rand(4, 1, 8, 8)), tmp_path / "stats.npz")
+    (tmp_path / "notjit.pt").write_bytes(b"not a network")
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 8, 8)))
+    names = {"INC": nets[0], "FEAT": nets[1], "STATS": stats, "NOTJIT": tmp_path / "notjit.pt",
+             "BAD": tmp_path / "bad.npz", "missing.pt": tmp_path / "missing.pt"}
+    args = [str(names.get(o, o)) for o in options]
+    one_line_error(cli("eval", "--model", tiny_ckpt, "--taus", taus, "-n", "4", "--reference-nfe", "3", "--quiet", *args),
+                   2, fragment)
+
+
+def test_stats_of_another_size_are_refused(nets, tmp_path):
+    net = FeatureNet(nets[1], "torchscript")
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
+    reference = feature_reference(net, (1, 8, 8), stats=tmp_path / "ref.npz")
+    with pytest.raises(UsageError) as info:
+        reference.distance(torch.zeros(4, 1, 8, 8))
+    assert_one_line(info, "statistics have 3 features, the feature network gives 6")
