@@ -8,7 +8,9 @@ Two strategies:
   independent of the others.
 
 Objectives and optimizers are pluggable (``OBJECTIVES``, ``OPTIMIZERS``); a ``FitConfig`` names
-them, and ``PRESETS`` holds named configurations. ``official`` reproduces the paper's code:
+them, and ``PRESETS`` holds named configurations. Besides the per-step objectives, ``joint``
+(LD3-style, Tong et al. 2024) fits all taus at once with Adam so that the sampler's end point
+matches a fine DDIM teacher's from the same x_T (``fit_joint``). ``official`` reproduces the paper's code:
 tau = r * t with r initialised at 1, Adam lr 2e-3, 500 iterations per step with fresh noise
 each iteration, the final step (to t_0) left untuned.
 """
@@ -45,7 +47,7 @@ class FitConfig(BaseModel):
     fresh_noise: bool = Field(False, description="draw new x_T / x_0 every adam iteration (Algorithm 1 lines 3-5)")
     tune_last_step: bool = Field(False, description="also fit the final step to t_0")
     window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
-    teacher_steps: int = Field(20, ge=2, description="teacher objective: DDIM sub-steps per interval")
+    teacher_steps: int = Field(20, ge=2, description="teacher and joint objectives: DDIM sub-steps per interval")
 
 
 PRESETS: dict[str, FitConfig] = {
@@ -53,6 +55,10 @@ PRESETS: dict[str, FitConfig] = {
     "default": FitConfig(),
     # The official implementation's settings (see module docstring).
     "official": FitConfig(optimizer="adam", lr=2e-3, iterations=500, batch_size=64, fresh_noise=True),
+    # All taus jointly against a 10-sub-step-per-interval DDIM teacher's end point; lr in units of
+    # the step width (tau = t + delta * (t - s)), iterations = Adam steps in all.
+    "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=80, batch_size=16, num_samples=64,
+                       teacher_steps=10),
 }
 
 
@@ -65,8 +71,11 @@ def resolve_config(preset: str, strategy: str | None = None, **overrides) -> Fit
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["strategy"] not in ("sequential", "parallel"):
         raise UsageError(f"unknown strategy {values['strategy']!r}; choose sequential or parallel")
-    if values["objective"] not in OBJECTIVES:
-        raise UsageError(f"unknown objective {values['objective']!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if values["objective"] not in (*OBJECTIVES, "joint"):
+        raise UsageError(f"unknown objective {values['objective']!r}; choose one of: {', '.join(OBJECTIVES)}, joint")
+    if values["objective"] == "joint" and (values["optimizer"] != "adam" or values["strategy"] != "sequential"):
+        raise UsageError("the joint objective fits all taus together with adam from noise; use --preset joint "
+                         "(not --optimizer golden or --strategy parallel)")
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     try:
@@ -114,7 +123,7 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def objective_needs_eta0(name: str) -> bool:
-    return OBJECTIVES[name].deterministic_only
+    return name == "joint" or OBJECTIVES[name].deterministic_only
 
 
 # ---------------------------------------------------------------- the per-step problem
@@ -252,6 +261,8 @@ def fit_taus(
     if objective_needs_eta0(config.objective) and stochastic:
         raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with a deterministic "
                          "sampler (ddim, dpm-solver-2, edm-heun)")
+    if config.objective == "joint":
+        return fit_joint(eps, schedule, grid, sampler, config, sample_shape, seed=seed, device=device, progress=progress)
     if config.strategy == "parallel" and data is None:
         raise UsageError("the parallel strategy needs data: pass --data (an image folder, an .npz, or mnist|cifar10|digits)")
     start = time.perf_counter()
@@ -336,3 +347,68 @@ def fit_taus(
     if progress:
         progress(steps, steps, "done")
     return FitResult(taus, before, after, time.perf_counter() - start)
+
+
+def fit_joint(
+    eps: EpsFn,
+    schedule: NoiseSchedule,
+    grid: Sequence[float],
+    sampler: str,
+    config: FitConfig,
+    sample_shape: Sequence[int],
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> FitResult:
+    """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
+    delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean squared distance of the
+    sampler's end point to a DDIM teacher's (``teacher_steps`` sub-steps per interval) from the same
+    x_T. Deterministic samplers only. The result is kept only if it lowers the pool's loss, else
+    the plain times are returned. ``loss_before`` / ``loss_after`` hold that end-point loss for
+    every evaluation."""
+    start = time.perf_counter()
+    spec = get_sampler(sampler)
+    gen = torch.Generator().manual_seed(int(seed))
+    steps, per = len(grid) - 1, spec.evals_per_step
+    nominal = torch.tensor(nominal_eval_times(sampler, grid, schedule), dtype=torch.float64, device=device)
+    widths = torch.tensor([grid[j] - grid[j + 1] for j in range(steps) for _ in range(per)], dtype=torch.float64,
+                          device=device)
+    cond = conditioning_of(eps)
+    n = config.num_samples
+    x_T = torch.randn((n, *sample_shape), generator=gen, dtype=torch.float64).to(device)
+    labels = None if cond is None else cond.random_labels(n, gen).to(device)
+    fine, _ = refine_grid(grid, config.teacher_steps * steps)
+    ctx = StepContext(schedule, 0.0)
+    with torch.no_grad():
+        teacher = torch.cat([run_sampler("ddim", bind_labels(eps, b.labels), b.x_t, fine, None, ctx)
+                             for b in Batch(x_T, None, labels).batches(config.batch_size)])
+    pool = Batch(x_T, None, labels, teacher)
+
+    def losses(batch: Batch, taus: torch.Tensor) -> torch.Tensor:
+        out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, grid, list(taus.clamp(min=0.0)), ctx)
+        return (out - batch.target).square().flatten(1).mean(1)
+
+    def pool_loss(taus: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float(losses(b, taus).sum()) for b in pool.batches(config.batch_size)) / pool.size
+
+    before = pool_loss(nominal)
+    delta = torch.zeros_like(nominal, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=config.lr)
+    for it in range(config.iterations):
+        batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
+        loss = losses(batch, nominal + widths * delta).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and it % 10 == 0:
+            progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss):.4g}")
+    fitted = (nominal + widths * delta.detach()).clamp(min=0.0)
+    after = pool_loss(fitted)
+    if after >= before:
+        fitted, after = nominal, before
+    if progress:
+        progress(config.iterations, config.iterations, "done")
+    count = len(nominal)
+    return FitResult([float(v) for v in fitted], [before] * count, [after] * count, time.perf_counter() - start)

@@ -42,6 +42,37 @@ class Validation(BaseModel):
         return ", ".join(f"{m} {self.baseline[m]:.4g} -> {self.aligned[m]:.4g}" for m in self.metrics)
 
 
+def score_candidates(
+    eps,
+    grid: Sequence[float],
+    sampler: str,
+    eta: float,
+    candidates: dict[str, Sequence[float] | None],
+    sample_shape: Sequence[int],
+    *,
+    num_samples: int = 32,
+    reference_nfe: int = 100,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    gamma=None,
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """``end_l2`` and ``frechet_pixel`` of every candidate (name -> taus, None = plain sampler)
+    against one reference from the same noise (seed as given), and the end points themselves
+    (with the reference's under "reference")."""
+    ends: dict[str, list[torch.Tensor]] = {"reference": [], **{name: [] for name in candidates}}
+    for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=num_samples,
+                                      reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
+                                      gamma=gamma):
+        for name, trajectory in states.items():
+            ends[name].append(trajectory[-1].cpu())
+    points = {name: torch.cat(chunks) for name, chunks in ends.items()}
+    ref = points["reference"]
+    scores = {name: {"end_l2": mean_l2(points[name], ref), "frechet_pixel": frechet_distance(points[name], ref)}
+              for name in candidates}
+    return scores, points
+
+
 def validate(
     eps,
     grid: Sequence[float],
@@ -58,22 +89,21 @@ def validate(
     gamma=None,
 ) -> Validation:
     seed = seed + HELD_OUT_SEED_OFFSET
-    ends: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
-    for states in paired_trajectories(eps, grid, sampler, eta, {"baseline": None, "aligned": taus}, sample_shape,
-                                      num_samples=num_samples,
-                                      reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
-                                      gamma=gamma):
-        for name, trajectory in states.items():
-            ends[name].append(trajectory[-1].cpu())
-    ref = torch.cat(ends["reference"])
-    scores = {name: {"end_l2": mean_l2(torch.cat(ends[name]), ref), "frechet_pixel": frechet_distance(torch.cat(ends[name]), ref)}
-              for name in ("baseline", "aligned")}
+    scores, _ = score_candidates(eps, grid, sampler, eta, {"baseline": None, "aligned": taus}, sample_shape,
+                                 num_samples=num_samples, reference_nfe=reference_nfe, batch_size=batch_size,
+                                 seed=seed, device=device, gamma=gamma)
+    return judge(scores["baseline"], scores["aligned"], sampler, eta, num_samples=num_samples, seed=seed,
+                 reference_nfe=refine_grid(grid, reference_nfe)[1] * (len(grid) - 1))
+
+
+def judge(baseline: dict[str, float], aligned: dict[str, float], sampler: str, eta: float, *, num_samples: int,
+          seed: int, reference_nfe: int) -> Validation:
+    """Better = no deciding metric worse and at least one better (only FD decides for stochastic samplers)."""
     decided_by = ["frechet_pixel"] if is_stochastic(sampler, eta) else ["end_l2", "frechet_pixel"]
-    not_worse = all(scores["aligned"][m] <= scores["baseline"][m] for m in decided_by)
-    some_better = any(scores["aligned"][m] < scores["baseline"][m] for m in decided_by)
-    finite = all(math.isfinite(v) for s in scores.values() for v in s.values())
+    not_worse = all(aligned[m] <= baseline[m] for m in decided_by)
+    some_better = any(aligned[m] < baseline[m] for m in decided_by)
+    finite = all(math.isfinite(v) for s in (baseline, aligned) for v in s.values())
     return Validation(
-        metrics=["end_l2", "frechet_pixel"], decided_by=decided_by, baseline=scores["baseline"],
-        aligned=scores["aligned"], num_samples=num_samples, reference_nfe=refine_grid(grid, reference_nfe)[1] * (len(grid) - 1),
-        seed=seed, better=finite and not_worse and some_better,
+        metrics=["end_l2", "frechet_pixel"], decided_by=decided_by, baseline=baseline, aligned=aligned,
+        num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, better=finite and not_worse and some_better,
     )

@@ -1,12 +1,18 @@
 """Baseline vs aligned for each demo model x sampler x trajectory x NFE x objective, in one run.
 
-    python benchmarks/results_matrix.py --out results.jsonl [--budget-s 330] [--samples 512]
-        [--models demo cifar10 gmm] [--nfe 5 10 20] [--device auto]
+    python benchmarks/results_matrix.py --out results.jsonl [--budget-s 330] [--samples 128]
+        [--models demo cifar10 gmm] [--samplers ddim ddpm] [--trajectories uniform quadratic]
+        [--nfe 5 10 20] [--objectives paper-golden joint ...] [--reference-nfe 100] [--device auto]
 
-Each row: fit time, then self-validation metrics on held-out seeds (end-point L2 to a 1000-step
-DDIM reference from the same noise, pixel Fréchet distance to the reference samples), baseline
-and aligned side by side. Rows are appended to --out as they finish (JSON lines), so a run cut
-short by --budget-s keeps what it measured. Feeds docs/RESULTS.md.
+For each setting (model, sampler, trajectory, NFE) every objective is fitted (seed 0), then all
+of them are scored side by side on the same held-out seeds against ONE reference (DDIM, eta 0,
+every interval subdivided, at least --reference-nfe steps and 10 per interval) from the same noise:
+- ``end_l2``: mean per-sample L2 distance of the end points to the reference's;
+- ``frechet_pixel``: pixel-space Fréchet distance to the reference's end points;
+- ``frechet_real``: pixel-space Fréchet distance to real data (MNIST / CIFAR-10 test images, or
+  exact samples of the mixture), which does not favour objectives that imitate the reference.
+Rows are appended to --out as they finish (JSON lines), so a run cut short by --budget-s keeps
+what it measured. Feeds docs/RESULTS.md (benchmarks/results_table.py renders the table).
 """
 
 from __future__ import annotations
@@ -20,17 +26,31 @@ from pathlib import Path
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan
-from dpm_align.aligner_core.fit import fit_taus, resolve_config
+from dpm_align.aligner_core.data import load_data
+from dpm_align.aligner_core.fit import fit_taus, objective_needs_eta0, resolve_config
 from dpm_align.aligner_core.loading import load_model, resolve_device
-from dpm_align.aligner_core.validation import validate
+from dpm_align.aligner_core.metrics import frechet_distance
+from dpm_align.aligner_core.samplers import is_stochastic
+from dpm_align.aligner_core.validation import HELD_OUT_SEED_OFFSET, judge, score_candidates
 
-MODELS = {"demo": None, "cifar10": "models/cifar10/model.safetensors", "gmm": "gmm"}
-# name -> (preset, overrides); "official-60" is the paper's optimizer with 60 iterations per step.
+MODELS = {"demo": (None, "mnist"), "cifar10": ("models/cifar10/model.safetensors", "cifar10"), "gmm": ("gmm", None)}
+# name -> (preset, overrides). "official-60": the paper's optimizer with 60 instead of 500 iterations per step.
 OBJECTIVES = {
     "paper-golden": ("default", {}),
+    "paper-golden-parallel": ("default", {"strategy": "parallel"}),
     "teacher-golden": ("default", {"objective": "teacher"}),
     "paper-official-60": ("official", {"iterations": 60}),
+    "joint": ("joint", {}),
 }
+
+
+def real_data(name: str, model, count: int = 2000) -> torch.Tensor:
+    """Real samples to compare with: the data set the model was trained on, or the exact mixture."""
+    path, data = MODELS[name]
+    if data is None:
+        mixture = model.eps.net.mixture
+        return mixture.sample(count, torch.Generator().manual_seed(123)).reshape(count, *model.sample_shape)
+    return load_data(data, model.sample_shape)[:count].to(torch.float64)
 
 
 def main() -> None:
@@ -41,46 +61,60 @@ def main() -> None:
     ap.add_argument("--trajectories", nargs="+", default=["uniform", "quadratic"])
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
-    ap.add_argument("--samples", type=int, default=512)
-    ap.add_argument("--reference-nfe", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--reference-nfe", type=int, default=100)
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
     start = time.time()
-    models = {name: load_model(MODELS[name], device=device) for name in args.models}
-    # in the order given: sampler, then NFE, trajectory, model, objective
-    grid = itertools.product(args.samplers, args.nfe, args.trajectories, args.models, args.objectives)
+    models = {name: load_model(MODELS[name][0], device=device) for name in args.models}
+    real = {name: real_data(name, model) for name, model in models.items()}
     with args.out.open("a") as sink:
-        for sampler, nfe, trajectory, name, objective in grid:
-            if time.time() - start > args.budget_s:
-                print(f"budget of {args.budget_s:.0f}s reached; stopping", flush=True)
-                break
-            preset, overrides = OBJECTIVES[objective]
-            if sampler != "ddim" and overrides.get("objective") == "teacher":
-                continue
+        for sampler, nfe, trajectory, name in itertools.product(args.samplers, args.nfe, args.trajectories, args.models):
             model = models[name]
             plan = SamplingPlan.make(model.eps.schedule, sampler, None, trajectory, nfe)
-            config = resolve_config(preset, **overrides)
-            t0 = time.time()
-            fitted = fit_taus(model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config,
-                              model.sample_shape, seed=0, device=device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            fit_s = time.time() - t0
-            v = validate(model.eps, plan.grid, plan.sampler, plan.eta, fitted.taus, model.sample_shape,
-                         num_samples=args.samples, reference_nfe=args.reference_nfe, batch_size=256, seed=0, device=device)
-            row = {"model": name, "sampler": sampler, "trajectory": trajectory, "nfe": nfe, "objective": objective,
-                   "fit_s": round(fit_s, 2), "device": device.type, "baseline": v.baseline, "aligned": v.aligned,
-                   "better": v.better, "samples": v.num_samples, "reference_nfe": v.reference_nfe,
-                   "taus_minus_t": [round(a - b, 2) for a, b in zip(fitted.taus, plan.grid)]}
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            ratios = {m: v.aligned[m] / v.baseline[m] for m in v.metrics}
-            print(f"{name:8} {sampler:5} {trajectory:9} nfe={nfe:<3} {objective:18} fit {fit_s:6.1f}s  "
-                  f"L2 {v.baseline['end_l2']:.3f}->{v.aligned['end_l2']:.3f} ({ratios['end_l2']:.3f})  "
-                  f"FD {v.baseline['frechet_pixel']:.3f}->{v.aligned['frechet_pixel']:.3f} ({ratios['frechet_pixel']:.3f})",
-                  flush=True)
+            fitted, fit_s, configs = {}, {}, {}
+            for objective in args.objectives:
+                if time.time() - start > args.budget_s:
+                    break
+                preset, overrides = OBJECTIVES[objective]
+                config = resolve_config(preset, **overrides)
+                configs[objective] = config.model_dump()
+                if objective_needs_eta0(config.objective) and is_stochastic(sampler, plan.eta):
+                    continue
+                t0 = time.time()
+                data = real[name].to(device) if config.strategy == "parallel" else None
+                fitted[objective] = fit_taus(model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config,
+                                             model.sample_shape, seed=0, device=device, data=data).taus
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                fit_s[objective] = round(time.time() - t0, 2)
+            if not fitted:
+                print(f"budget of {args.budget_s:.0f}s reached; stopping", flush=True)
+                break
+            reference_nfe = max(args.reference_nfe, 10 * plan.steps)
+            scores, points = score_candidates(model.eps, plan.grid, plan.sampler, plan.eta, {"baseline": None, **fitted},
+                                              model.sample_shape, num_samples=args.samples, reference_nfe=reference_nfe,
+                                              batch_size=128, seed=HELD_OUT_SEED_OFFSET, device=device)
+            real_fd = {key: frechet_distance(points[key], real[name]) for key in ("reference", "baseline", *fitted)}
+            for objective, taus in fitted.items():
+                v = judge(scores["baseline"], scores[objective], sampler, plan.eta, num_samples=args.samples,
+                          seed=HELD_OUT_SEED_OFFSET, reference_nfe=reference_nfe)
+                row = {"model": name, "sampler": sampler, "trajectory": trajectory, "nfe": nfe, "objective": objective,
+                       "fit_s": fit_s[objective], "device": device.type, "config": configs[objective], "baseline": v.baseline, "aligned": v.aligned,
+                       "frechet_real": {"reference": real_fd["reference"], "baseline": real_fd["baseline"],
+                                        "aligned": real_fd[objective]},
+                       "better": v.better, "samples": v.num_samples, "reference_nfe": reference_nfe,
+                       "taus_minus_t": [round(a - b, 2) for a, b in zip(taus, plan.eval_times)]}
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                b, a = v.baseline, v.aligned
+                print(f"{name:8} {sampler:5} {trajectory:9} nfe={nfe:<3} {objective:22} fit {fit_s[objective]:6.1f}s  "
+                      f"L2 {b['end_l2']:.3f}->{a['end_l2']:.3f} ({a['end_l2'] / b['end_l2']:.3f})  "
+                      f"FD {b['frechet_pixel']:.3f}->{a['frechet_pixel']:.3f} ({a['frechet_pixel'] / b['frechet_pixel']:.3f})  "
+                      f"FDreal {real_fd['baseline']:.3f}->{real_fd[objective]:.3f} (ref {real_fd['reference']:.3f})",
+                      flush=True)
 
 
 if __name__ == "__main__":
