@@ -24,10 +24,11 @@ from .artifact import (
     trajectory_label,
     cache_path,
     check_artifact_matches,
+    check_fitted_grid,
     read_artifact,
     utc_now,
 )
-from .compare import paired_trajectories, refine_grid
+from .compare import Candidate, paired_trajectories, refine_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
 from .features import FeatureReference
@@ -53,9 +54,21 @@ class SamplingPlan:
     trajectory: str
     nfe: int
     rho: float | None
-    grid: tuple[float, ...]
+    grid: tuple[float, ...]  # the grid sampled on
     eval_times: tuple[float, ...]  # the plain sampler's network time of every evaluation
     gammas: GammaTable | None = None  # analytic samplers only
+    fit_grid: bool = False  # --fit-grid: the artifact's grid is fitted (its key says so)
+    base_grid: tuple[float, ...] | None = None  # with a fitted grid: the kind's grid (the baseline's)
+
+    def with_grid(self, grid: Sequence[float], schedule: NoiseSchedule) -> "SamplingPlan":
+        """The plan on a fitted ``grid`` (same ends); the kind's grid stays the baseline's."""
+        return replace(self, grid=tuple(float(t) for t in grid), base_grid=self.baseline_grid,
+                       eval_times=tuple(nominal_eval_times(self.sampler, grid, schedule)))
+
+    @property
+    def baseline_grid(self) -> tuple[float, ...]:
+        """The grid of the plain sampler this plan is compared with."""
+        return self.base_grid if self.base_grid is not None else self.grid
 
     @property
     def needs_gammas(self) -> bool:
@@ -74,7 +87,7 @@ class SamplingPlan:
 
     @classmethod
     def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int,
-             rho: float | None = None) -> "SamplingPlan":
+             rho: float | None = None, fit_grid: bool = False) -> "SamplingPlan":
         per = get_sampler(sampler).evals_per_step
         eta = resolve_eta(sampler, eta)
         limit = per * schedule.num_train_timesteps
@@ -85,14 +98,16 @@ class SamplingPlan:
             raise UsageError(f"--nfe {nfe} is not a multiple of {per}: {sampler} makes {per} network evaluations per step")
         grid = make_grid(trajectory, nfe // per, schedule, rho)
         return cls(sampler, eta, trajectory, nfe, resolve_rho(trajectory, rho), tuple(grid),
-                   tuple(nominal_eval_times(sampler, grid, schedule)))
+                   tuple(nominal_eval_times(sampler, grid, schedule)), fit_grid=fit_grid)
 
     @classmethod
     def make_with_defaults(cls, schedule: NoiseSchedule, sampler: str | None, eta: float | None,
-                           trajectory: str | None, nfe: int | None, rho: float | None = None) -> "SamplingPlan":
+                           trajectory: str | None, nfe: int | None, rho: float | None = None,
+                           fit_grid: bool = False) -> "SamplingPlan":
         """``make`` with the defaults (ddim, uniform, NFE 10) for the options left out (None)."""
         return cls.make(schedule, DEFAULT_SAMPLER if sampler is None else sampler, eta,
-                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe, rho)
+                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe, rho,
+                        fit_grid)
 
     @property
     def steps(self) -> int:
@@ -100,7 +115,7 @@ class SamplingPlan:
 
     @property
     def label(self) -> str:
-        return trajectory_label(self.trajectory, self.rho)
+        return trajectory_label(self.trajectory, self.rho, self.fit_grid)
 
     def key(self, model: LoadedModel) -> str:
         return artifact_key(model.info.sha256, self.sampler, self.eta, self.label, self.nfe, model.eps.conditioning)
@@ -112,6 +127,7 @@ class SamplingPlan:
             nfe=self.nfe,
             steps=self.steps,
             rho=self.rho,
+            fitted=self.fit_grid,
             timesteps=list(self.grid),
             alphas=schedule.alpha(grid).tolist(),
             sigmas=schedule.sigma(grid).tolist(),
@@ -131,19 +147,24 @@ def align(
 ) -> TauArtifact:
     """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact; with
     ``validation``, also measure baseline vs aligned on held-out seeds."""
+    if plan.fit_grid != config.fit_grid:
+        raise UsageError("--fit-grid must be given both to the plan and to the fit settings")
     images = load_data(data, model.sample_shape) if data is not None else None
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
         seed=seed, device=device, data=images, gamma=plan.gammas, progress=progress,
     )
+    if result.grid is not None:
+        plan = plan.with_grid(result.grid, model.eps.schedule)
     checked = None
     if validation is not None:
         if progress:
             progress(0, 1, f"validating on {validation.num_samples} held-out samples")
-        checked = validate(model.eps, plan.grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
+        checked = validate(model.eps, plan.baseline_grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
                            num_samples=validation.num_samples, reference_nfe=validation.reference_nfe,
-                           batch_size=config.batch_size, seed=seed, device=device, gamma=plan.gammas)
+                           batch_size=config.batch_size, seed=seed, device=device, gamma=plan.gammas,
+                           aligned_grid=plan.grid if plan.base_grid is not None else None)
     return TauArtifact(
         dpm_align_version=__version__,
         created=utc_now(),
@@ -197,24 +218,28 @@ def resolve_plan(
     trajectory: str | None,
     nfe: int | None,
     rho: float | None = None,
+    fit_grid: bool = False,
     taus_path: Path | None = None,
     use_taus: bool = True,
     device: torch.device | str = "cpu",
 ) -> tuple[SamplingPlan, TauArtifact | None, Path | None]:
     """The plan to sample with and its artifact: ``taus_path`` if given (its settings fill the
-    options left out, and must agree with those given), else the cache entry for the plan's key.
+    options left out, and must agree with those given; a fitted grid comes from the file), else
+    the cache entry for the plan's key (``fit_grid``: the entry fitted with ``--fit-grid``).
     ``use_taus=False`` is the plain sampler."""
     schedule = model.eps.schedule
     if taus_path is not None and use_taus:
         artifact = read_artifact(taus_path)
-        label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho))
+        fitted = artifact.trajectory.fitted
+        label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho), fitted)
         check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=label, nfe=nfe,
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta),
                                conditioning=model.eps.conditioning, path=taus_path)
         traj = artifact.trajectory
-        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho)
-        return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, Path(taus_path)
-    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho)
+        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho,
+                                 fitted)
+        return _with_artifact(plan, artifact, model, taus_path, device), artifact, Path(taus_path)
+    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho, fit_grid)
     if not use_taus:
         return plan.with_gammas(model, device=device), None, None
     path = cache_path(plan.key(model))
@@ -227,7 +252,16 @@ def resolve_plan(
     artifact = read_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
                            trajectory=plan.label, nfe=plan.nfe, conditioning=model.eps.conditioning, path=path)
-    return plan.with_gammas(model, table=artifact.analytic, device=device), artifact, path
+    return _with_artifact(plan, artifact, model, path, device), artifact, path
+
+
+def _with_artifact(plan: SamplingPlan, artifact: TauArtifact, model: LoadedModel, path: Path,
+                   device: torch.device | str) -> SamplingPlan:
+    """The plan with the artifact's fitted grid (if any) and Gamma table (analytic samplers)."""
+    if plan.fit_grid:
+        check_fitted_grid(plan.grid, artifact.trajectory.timesteps, path)
+        plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
+    return plan.with_gammas(model, table=artifact.analytic, device=device)
 
 
 def generate(
@@ -314,6 +348,7 @@ class GapReport(BaseModel):
     reference: str
     reference_nfe: int
     timesteps: list[float]
+    timesteps_aligned: list[float] | None = None  # --fit-grid artifacts: the fitted grid
     taus: list[float]
     gap_baseline: list[float]
     gap_aligned: list[float]
@@ -341,21 +376,27 @@ def trajectory_gap(
     progress: Progress | None = None,
 ) -> GapReport:
     """Fig. 2 (and Fig. 6 with ``ablation``); with ``features``, also the Fréchet distance of the
-    baseline and aligned end points to the real data's statistics in that feature space."""
-    candidates: dict[str, Sequence[float] | None] = {"baseline": None, "aligned": taus}
+    baseline and aligned end points to the real data's statistics in that feature space. With a
+    fitted grid the baseline is the plain sampler on the kind's grid, and the aligned gaps are
+    taken at the fitted grid's points (``timesteps_aligned``)."""
+    fitted = plan.base_grid is not None
+    if fitted and ablation:
+        raise UsageError("--ablation aligns the first k steps of one grid; it does not apply to a fitted grid (--fit-grid)")
+    candidates: dict[str, Candidate] = {"baseline": None, "aligned": (plan.grid, taus) if fitted else taus}
     per = len(plan.eval_times) // plan.steps
     if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
         candidates.update({f"first-{k}": [*taus[: k * per], *plan.eval_times[k * per :]] for k in range(1, plan.steps)})
     sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in candidates}
     ends: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *candidates)}
-    for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, candidates, model.sample_shape,
+    for states in paired_trajectories(model.eps, plan.baseline_grid, plan.sampler, plan.eta, candidates, model.sample_shape,
                                       num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, device=device,
                                       batch_size=batch_size, gamma=plan.gammas, progress=progress):
         for name in ends:
             ends[name].append(states[name][-1].cpu())
         for name in sums:
+            reference = states.get(f"reference:{name}", states["reference"])
             sums[name] += torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
-                                        for a, r in zip(states[name], states["reference"])], dtype=torch.float64)
+                                        for a, r in zip(states[name], reference)], dtype=torch.float64)
     reference = torch.cat(ends["reference"])
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
@@ -374,7 +415,8 @@ def trajectory_gap(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.label, nfe=plan.nfe, num_samples=num_samples, seed=seed,
         reference="ddim eta=0, every interval subdivided", reference_nfe=refine_grid(plan.grid, reference_nfe)[1] * plan.steps,
-        timesteps=list(plan.grid), taus=list(taus), gap_baseline=base, gap_aligned=aligned,
+        timesteps=list(plan.baseline_grid), timesteps_aligned=list(plan.grid) if fitted else None,
+        taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
         frechet_pixel_baseline=frechet["baseline"], frechet_pixel_aligned=frechet["aligned"], ablation=rows,

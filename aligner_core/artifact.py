@@ -12,7 +12,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,6 +50,8 @@ class TrajectoryInfo(_Strict):
     nfe: int = Field(description="network evaluations = steps x evaluations per step")
     steps: int = Field(description="K, the number of sampler steps")
     rho: float | None = Field(None, description="edm trajectory only")
+    fitted: bool = Field(False, description="--fit-grid: the interior timesteps were fitted (ends kept), they are "
+                         "not the kind's grid")
     timesteps: list[float] = Field(description="K+1 grid points, sampling order, first = start")
     alphas: list[float]
     sigmas: list[float]
@@ -65,7 +67,7 @@ class TrajectoryInfo(_Strict):
 
     @property
     def label(self) -> str:
-        return trajectory_label(self.kind, self.rho)
+        return trajectory_label(self.kind, self.rho, self.fitted)
 
 
 class FitInfo(_Strict):
@@ -115,9 +117,20 @@ class TauArtifact(_Strict):
         return self
 
 
-def trajectory_label(kind: str, rho: float | None = None) -> str:
-    """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``)."""
-    return f"{kind}-rho{rho:g}" if rho is not None else kind
+def trajectory_label(kind: str, rho: float | None = None, fitted: bool = False) -> str:
+    """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``), plus
+    ``-fitgrid`` when the grid itself was fitted (``uniform-fitgrid``)."""
+    label = f"{kind}-rho{rho:g}" if rho is not None else kind
+    return f"{label}-fitgrid" if fitted else label
+
+
+def check_fitted_grid(base: Sequence[float], fitted: Sequence[float], where: str | Path) -> None:
+    """A fitted grid keeps the kind grid's length and ends and decreases strictly."""
+    ok = (len(fitted) == len(base) and abs(fitted[0] - base[0]) < 1e-6 and abs(fitted[-1] - base[-1]) < 1e-6
+          and all(a > b for a, b in zip(fitted[:-1], fitted[1:])))
+    if not ok:
+        raise DpmAlignError(f"{where}: the fitted grid must have {len(base)} strictly decreasing timesteps from "
+                            f"{base[0]:g} to {base[-1]:g}; re-create it with `dpm-align align --fit-grid`")
 
 
 def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int,

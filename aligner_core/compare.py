@@ -34,12 +34,15 @@ def _reference_states(eps, x: torch.Tensor, fine: Sequence[float], per: int, ctx
     return states
 
 
+Candidate = Sequence[float] | None | tuple[Sequence[float], Sequence[float]]  # taus, None (plain), or (grid, taus)
+
+
 def paired_trajectories(
     eps,
     grid: Sequence[float],
     sampler: str,
     eta: float,
-    candidates: dict[str, Sequence[float] | None],
+    candidates: dict[str, Candidate],
     sample_shape: Sequence[int],
     *,
     num_samples: int,
@@ -52,9 +55,14 @@ def paired_trajectories(
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per batch: the states at every point of ``grid`` of the reference (DDIM, eta=0, refined
     grid) under the name "reference", and of the sampler with each of ``candidates`` (name ->
-    taus; None = plain sampler), all from the same x_T (and, for a class-conditional model, the
-    same per-sample labels); stochastic samplers share their step noise between candidates."""
-    fine, per = refine_grid(grid, reference_nfe)
+    taus; None = plain sampler; (grid, taus) for a candidate on a grid of its own, e.g. fitted by
+    ``--fit-grid``, whose reference states are under "reference:<name>"), all from the same x_T
+    (and, for a class-conditional model, the same per-sample labels); stochastic samplers share
+    their step noise between candidates. The reference passes through the points of every grid."""
+    own = {name: (list(c[0]), c[1]) for name, c in candidates.items() if isinstance(c, tuple)}
+    union = sorted({float(t) for g in (grid, *(g for g, _ in own.values())) for t in g}, reverse=True)
+    fine, per = refine_grid(union, reference_nfe)
+    at = {t: k for k, t in enumerate(union)}
     schedule = eps.schedule
     cond = conditioning_of(eps)
     batches = math.ceil(num_samples / batch_size)
@@ -63,10 +71,13 @@ def paired_trajectories(
         with torch.no_grad():
             x_T = PerSampleNoise(seed, idx, sample_shape, device)()
             labelled = bind_labels(eps, None if cond is None else cond.per_sample_labels(seed, idx).to(device))
-            out = {"reference": _reference_states(labelled, x_T, fine, per, StepContext(schedule, 0.0))}
+            reference = _reference_states(labelled, x_T, fine, per, StepContext(schedule, 0.0))
+            out = {"reference": [reference[at[float(t)]] for t in grid]}
+            out.update({f"reference:{name}": [reference[at[float(t)]] for t in g] for name, (g, _) in own.items()})
             for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
-                out[name] = run_sampler(sampler, labelled, x_T, grid, chosen, StepContext(schedule, eta, noise, gamma), record=True)
+                path, taus = own[name] if name in own else (grid, chosen)
+                out[name] = run_sampler(sampler, labelled, x_T, path, taus, StepContext(schedule, eta, noise, gamma), record=True)
         if progress:
             progress(b + 1, batches, f"batch {b + 1}/{batches}")
         yield out

@@ -48,6 +48,7 @@ class FitConfig(BaseModel):
     tune_last_step: bool = Field(False, description="also fit the final step to t_0")
     window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
     teacher_steps: int = Field(20, ge=2, description="teacher and joint objectives: DDIM sub-steps per interval")
+    fit_grid: bool = Field(False, description="joint objective, ddim: also fit the grid's interior points (LD3)")
 
 
 PRESETS: dict[str, FitConfig] = {
@@ -76,6 +77,8 @@ def resolve_config(preset: str, strategy: str | None = None, **overrides) -> Fit
     if values["objective"] == "joint" and (values["optimizer"] != "adam" or values["strategy"] != "sequential"):
         raise UsageError("the joint objective fits all taus together with adam from noise; use --preset joint "
                          "(not --optimizer golden or --strategy parallel)")
+    if values.get("fit_grid") and values["objective"] != "joint":
+        raise UsageError("--fit-grid fits the grid together with all taus against the teacher; use it with --preset joint")
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     try:
@@ -237,6 +240,7 @@ class FitResult:
     loss_before: list[float | None]
     loss_after: list[float | None]
     seconds: float
+    grid: list[float] | None = None  # --fit-grid: the fitted grid (K+1 points, same ends)
 
 
 def fit_taus(
@@ -261,6 +265,8 @@ def fit_taus(
     if objective_needs_eta0(config.objective) and stochastic:
         raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with a deterministic "
                          "sampler (ddim, dpm-solver-2, edm-heun)")
+    if config.fit_grid and sampler != "ddim":
+        raise UsageError(f"--fit-grid supports the ddim sampler only, not {sampler}")
     if config.objective == "joint":
         return fit_joint(eps, schedule, grid, sampler, config, sample_shape, seed=seed, device=device, progress=progress)
     if config.strategy == "parallel" and data is None:
@@ -366,11 +372,29 @@ def fit_joint(
     sampler's end point to a DDIM teacher's (``teacher_steps`` sub-steps per interval) from the same
     x_T. Deterministic samplers only. The result is kept only if it lowers the pool's loss, else
     the plain times are returned. ``loss_before`` / ``loss_after`` hold that end-point loss for
-    every evaluation."""
+    every evaluation.
+
+    With ``config.fit_grid`` (ddim) the interior grid points are fitted too, as LD3 learns both
+    time sets: t_j = t_K (1 - sum_{k<=j} softmax(z)_k), which keeps the ends and the order, with z
+    starting at the given grid; each tau is then t_j + delta_j (t_j - t_{j+1}) on the fitted grid."""
     start = time.perf_counter()
     spec = get_sampler(sampler)
     gen = torch.Generator().manual_seed(int(seed))
     steps, per = len(grid) - 1, spec.evals_per_step
+    base = torch.tensor(grid, dtype=torch.float64, device=device)
+    logits = torch.log(base[:-1] - base[1:]).requires_grad_(config.fit_grid)
+
+    def grid_of(z: torch.Tensor) -> torch.Tensor:
+        if not config.fit_grid:
+            return base
+        inner = base[0] - (base[0] - base[-1]) * torch.cumsum(torch.softmax(z, 0), 0)[:-1]
+        return torch.cat([base[:1], inner, base[-1:]])
+
+    def taus_of(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        if config.fit_grid:  # ddim: one evaluation per step, at t_j
+            return g[:-1] + d * (g[:-1] - g[1:])
+        return nominal + widths * d
+
     nominal = torch.tensor(nominal_eval_times(sampler, grid, schedule), dtype=torch.float64, device=device)
     widths = torch.tensor([grid[j] - grid[j + 1] for j in range(steps) for _ in range(per)], dtype=torch.float64,
                           device=device)
@@ -385,30 +409,34 @@ def fit_joint(
                              for b in Batch(x_T, None, labels).batches(config.batch_size)])
     pool = Batch(x_T, None, labels, teacher)
 
-    def losses(batch: Batch, taus: torch.Tensor) -> torch.Tensor:
-        out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, grid, list(taus.clamp(min=0.0)), ctx)
+    def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+        out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
         return (out - batch.target).square().flatten(1).mean(1)
 
-    def pool_loss(taus: torch.Tensor) -> float:
+    def pool_loss(g: torch.Tensor, taus: torch.Tensor) -> float:
         with torch.no_grad():
-            return sum(float(losses(b, taus).sum()) for b in pool.batches(config.batch_size)) / pool.size
+            return sum(float(losses(b, g, taus).sum()) for b in pool.batches(config.batch_size)) / pool.size
 
-    before = pool_loss(nominal)
+    before = pool_loss(base, nominal)
     delta = torch.zeros_like(nominal, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=config.lr)
+    opt = torch.optim.Adam([delta, logits] if config.fit_grid else [delta], lr=config.lr)
     for it in range(config.iterations):
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
-        loss = losses(batch, nominal + widths * delta).mean()
+        g = grid_of(logits)
+        loss = losses(batch, g, taus_of(g, delta)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress and it % 10 == 0:
             progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss):.4g}")
-    fitted = (nominal + widths * delta.detach()).clamp(min=0.0)
-    after = pool_loss(fitted)
+    with torch.no_grad():
+        fitted_grid = grid_of(logits.detach())
+        fitted = taus_of(fitted_grid, delta.detach()).clamp(min=0.0)
+    after = pool_loss(fitted_grid, fitted)
     if after >= before:
-        fitted, after = nominal, before
+        fitted_grid, fitted, after = base, nominal, before
     if progress:
         progress(config.iterations, config.iterations, "done")
     count = len(nominal)
-    return FitResult([float(v) for v in fitted], [before] * count, [after] * count, time.perf_counter() - start)
+    return FitResult([float(v) for v in fitted], [before] * count, [after] * count, time.perf_counter() - start,
+                     [float(v) for v in fitted_grid] if config.fit_grid else None)

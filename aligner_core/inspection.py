@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .artifact import TauArtifact
+from .artifact import TauArtifact, check_fitted_grid
 from .errors import DpmAlignError
 from .schedule import NoiseSchedule
 from .samplers import nominal_eval_times
@@ -35,6 +35,9 @@ def check_artifact(artifact: TauArtifact, atol: float = 1e-6) -> list[str]:
     schedule = NoiseSchedule(artifact.model.schedule)
     traj = artifact.trajectory
     grid = make_grid(traj.kind, traj.steps, schedule, traj.rho)
+    if traj.fitted:  # --fit-grid: the kind's ends and a strictly decreasing grid in between
+        check_fitted_grid(grid, traj.timesteps, "artifact check failed")
+        grid = traj.timesteps
     g = torch.tensor(grid, dtype=torch.float64)
     problems = []
     for name, stored, expected in (

@@ -51,7 +51,7 @@ def plot_gap(report, path: Path) -> None:
     """Fig. 2: mean L2 to the reference trajectory at each grid point, baseline vs aligned."""
     with _figure(path, 1, report.key) as (ax,):
         ax.plot(report.timesteps, report.gap_baseline, "o-", color="tab:red", label="baseline")
-        ax.plot(report.timesteps, report.gap_aligned, "o-", color="tab:blue", label="aligned")
+        ax.plot(report.timesteps_aligned or report.timesteps, report.gap_aligned, "o-", color="tab:blue", label="aligned")
         ax.set(xlabel="t", ylabel=f"mean L2 to {report.reference_nfe}-step reference", title="trajectory gap")
         ax.invert_xaxis()
         ax.legend()

@@ -126,7 +126,10 @@ class NoiseSchedule:
         frac = (target - table[lo]) / (table[hi] - table[lo])
         return lo.to(torch.float64) + frac
 
-    def coeffs(self, t: float) -> tuple[float, float]:
-        """(alpha_t, sigma_t) as Python floats, for sampler arithmetic in float64."""
+    def coeffs(self, t: float | torch.Tensor) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) as Python floats, for sampler arithmetic in float64; as 0-d tensors
+        when t is a tensor that requires grad (``--fit-grid`` differentiates through the grid)."""
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return self.alpha(t), self.sigma(t)
         tt = torch.tensor(float(t), dtype=torch.float64)
         return float(self.alpha(tt)), float(self.sigma(tt))

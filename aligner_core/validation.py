@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .compare import paired_trajectories, refine_grid
+from .compare import Candidate, paired_trajectories, refine_grid
 from .metrics import frechet_distance, mean_l2
 from .samplers import is_stochastic
 
@@ -47,7 +47,7 @@ def score_candidates(
     grid: Sequence[float],
     sampler: str,
     eta: float,
-    candidates: dict[str, Sequence[float] | None],
+    candidates: dict[str, Candidate],
     sample_shape: Sequence[int],
     *,
     num_samples: int = 32,
@@ -64,8 +64,8 @@ def score_candidates(
     for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=num_samples,
                                       reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
                                       gamma=gamma):
-        for name, trajectory in states.items():
-            ends[name].append(trajectory[-1].cpu())
+        for name in ends:
+            ends[name].append(states[name][-1].cpu())
     points = {name: torch.cat(chunks) for name, chunks in ends.items()}
     ref = points["reference"]
     scores = {name: {"end_l2": mean_l2(points[name], ref), "frechet_pixel": frechet_distance(points[name], ref)}
@@ -87,9 +87,13 @@ def validate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     gamma=None,
+    aligned_grid: Sequence[float] | None = None,
 ) -> Validation:
+    """Baseline (the plain sampler on ``grid``) vs the taus (on ``aligned_grid`` when the grid was
+    fitted too) on held-out seeds."""
     seed = seed + HELD_OUT_SEED_OFFSET
-    scores, _ = score_candidates(eps, grid, sampler, eta, {"baseline": None, "aligned": taus}, sample_shape,
+    aligned = taus if aligned_grid is None else (aligned_grid, taus)
+    scores, _ = score_candidates(eps, grid, sampler, eta, {"baseline": None, "aligned": aligned}, sample_shape,
                                  num_samples=num_samples, reference_nfe=reference_nfe, batch_size=batch_size,
                                  seed=seed, device=device, gamma=gamma)
     return judge(scores["baseline"], scores["aligned"], sampler, eta, num_samples=num_samples, seed=seed,

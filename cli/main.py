@@ -68,6 +68,7 @@ SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solve
 EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
 TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]")]
 RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]")]
+FitGridOpt = Annotated[bool, typer.Option("--fit-grid", help="align: also fit the grid's interior points with the taus (LD3-style; --preset joint, ddim); sample/eval: use those taus")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
@@ -123,6 +124,7 @@ class SamplingOptions:
     trajectory: str | None = None
     nfe: int | None = None
     rho: float | None = None
+    fit_grid: bool = False
 
 
 def _sampling_options(
@@ -131,6 +133,7 @@ def _sampling_options(
     eta: EtaOpt = None,
     trajectory: TrajOpt = None,
     rho: RhoOpt = None,
+    fit_grid: FitGridOpt = False,
 ) -> None:
     """Template: the options ``with_sampling_options`` adds to a command (fields of SamplingOptions)."""
 
@@ -199,7 +202,7 @@ def align_cmd(
 ) -> None:
     """Fit aligned timesteps and write the tau artifact (cache and/or --out)."""
     config = resolve_config(preset, strategy, objective=objective, optimizer=optimizer, iterations=iterations,
-                            num_samples=num_samples, batch_size=batch_size)
+                            num_samples=num_samples, batch_size=batch_size, fit_grid=sampling.fit_grid or None)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
@@ -391,10 +394,11 @@ def eval_cmd(
         emit_json(report.model_dump(mode="json"))
         return
     table = Table(title=f"trajectory gap, mean L2 to {report.reference_nfe}-step DDIM reference ({report.num_samples} samples)")
-    for column in ("t", "baseline", "aligned"):
+    fitted = report.timesteps_aligned
+    for column in ("t", "baseline", *(("t (fitted grid)",) if fitted else ()), "aligned"):
         table.add_column(column, justify="right")
-    for t, b, a in zip(report.timesteps, report.gap_baseline, report.gap_aligned):
-        table.add_row(f"{t:.1f}", f"{b:.4f}", f"{a:.4f}")
+    for k, (t, b, a) in enumerate(zip(report.timesteps, report.gap_baseline, report.gap_aligned)):
+        table.add_row(f"{t:.1f}", f"{b:.4f}", *((f"{fitted[k]:.1f}",) if fitted else ()), f"{a:.4f}")
     stdout.print(table)
     if report.ablation:
         table = Table(title="ablation (Fig. 6): the first k steps aligned, from t_K down")
