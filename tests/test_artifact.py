@@ -38,7 +38,7 @@ def test_required_fields_and_round_trip(artifact, tmp_path):
     for field in ("dpm_align_version", "created", "key", "model", "sampler", "trajectory", "taus", "eval_times", "fit"):
         assert field in data
     assert set(data["model"]) >= {"sha256", "source", "format", "prediction_type", "num_train_timesteps", "schedule"}
-    assert set(data["trajectory"]) == {"kind", "nfe", "steps", "rho", "timesteps", "alphas", "sigmas"}
+    assert set(data["trajectory"]) == {"kind", "nfe", "steps", "rho", "fitted", "timesteps", "alphas", "sigmas"}
     assert data["trajectory"]["timesteps"][0] == 999.0 and len(data["taus"]) == 3
     assert data["eval_times"] == data["trajectory"]["timesteps"][:-1]
     assert data["created"].endswith("Z") or data["created"].endswith("+00:00")
