@@ -1,24 +1,58 @@
-"""Render results_matrix.py's JSON lines as the markdown table of docs/RESULTS.md.
+"""Render results_matrix.py's JSON lines as the markdown tables of docs/RESULTS.md.
 
-    python benchmarks/results_table.py docs/measurements/results-matrix-h200-2026-11-27.jsonl
+    python benchmarks/results_table.py docs/measurements/results-matrix-cpu-2026-11-27.jsonl [--summary]
+
+One row per (model, sampler, trajectory, NFE, objective). The real-data column (pixel FD of the
+end points to real images / exact mixture samples) appears for runs that measured it. With
+--summary: per model and objective, in how many settings validation said "better", and the
+median ratios.
 """
 
 import json
+import statistics
 import sys
+from collections import defaultdict
 
 
-def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
+def ratio(row: dict, metric: str) -> float:
+    return row["aligned"][metric] / row["baseline"][metric]
+
+
+def table(rows: list[dict]) -> None:
+    real = any("frechet_real" in r for r in rows)
     print("| model | sampler | trajectory | NFE | objective | fit s (device) | end L2 base → aligned (ratio) "
-          "| pixel FD base → aligned (ratio) | validated better |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| pixel FD to reference, base → aligned (ratio) |" + (" pixel FD to real data, base → aligned (reference) |" if real else "")
+          + " validated better |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if real else "") + " --- |")
     for r in rows:
         b, a = r["baseline"], r["aligned"]
-        print(f"| {r['model']} | {r['sampler']} | {r['trajectory']} | {r['nfe']} | {r['objective']} | "
-              f"{r['fit_s']} ({r['device']}) | {b['end_l2']:.3f} → {a['end_l2']:.3f} ({a['end_l2'] / b['end_l2']:.3f}) | "
-              f"{b['frechet_pixel']:.3f} → {a['frechet_pixel']:.3f} ({a['frechet_pixel'] / b['frechet_pixel']:.3f}) | "
-              f"{'yes' if r['better'] else '**no**'} |")
+        cells = [r["model"], r["sampler"], r["trajectory"], str(r["nfe"]), r["objective"], f"{r['fit_s']} ({r['device']})",
+                 f"{b['end_l2']:.3f} → {a['end_l2']:.3f} ({ratio(r, 'end_l2'):.3f})",
+                 f"{b['frechet_pixel']:.3f} → {a['frechet_pixel']:.3f} ({ratio(r, 'frechet_pixel'):.3f})"]
+        if real:
+            f = r.get("frechet_real")
+            cells.append(f"{f['baseline']:.2f} → {f['aligned']:.2f} ({f['reference']:.2f})" if f else "")
+        cells.append("yes" if r["better"] else "**no**")
+        print("| " + " | ".join(cells) + " |")
+
+
+def summary(rows: list[dict]) -> None:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["objective"])].append(r)
+    print("| model | objective | settings | validated better | median end-L2 ratio | median pixel-FD ratio | median fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (model, objective), group in groups.items():
+        print(f"| {model} | {objective} | {len(group)} | {sum(r['better'] for r in group)} | "
+              f"{statistics.median(ratio(r, 'end_l2') for r in group):.3f} | "
+              f"{statistics.median(ratio(r, 'frechet_pixel') for r in group):.3f} | "
+              f"{statistics.median(r['fit_s'] for r in group):.1f} |")
+
+
+def main(argv: list[str]) -> None:
+    rows = [json.loads(line) for line in open(argv[0])]
+    (summary if "--summary" in argv else table)(rows)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fig. 2 / Fig. 6 (eval --ablation --plot) on the CIFAR-10 and GMM models and for DDPM on the demo
+# model, plus the loss-vs-true-error sweep, on CPU. Writes docs/measurements/fig-* and loss-vs-error-*.
+# Usage: bash scripts/cpu_figures.sh   (about 25 minutes on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=docs/measurements
+export DPM_ALIGN_CACHE_DIR=$(mktemp -d)
+run() {  # name, model args..., then sampler
+  local name=$1; shift
+  dpm-align align "$@" --nfe 10 --keep-worse --quiet --out "$OUT/fig-$name-taus.json" > /dev/null || true
+  dpm-align eval "$@" --nfe 10 --taus "$OUT/fig-$name-taus.json" -n 64 --reference-nfe 200 --ablation \
+    --plot "$OUT/fig-$name" --json --quiet > "$OUT/fig-$name.json"
+}
+run cifar10-ddim --model models/cifar10/model.safetensors
+run gmm-ddim --model gmm
+run demo-ddpm --sampler ddpm
+for model in demo cifar10; do
+  python benchmarks/loss_vs_error.py --model $model --out "$OUT/loss-vs-error-$model-uniform10.json" \
+    > "$OUT/loss-vs-error-$model-uniform10.txt"
+done
+python benchmarks/loss_vs_error.py --model gmm --out "$OUT/loss-vs-error-gmm-uniform10.json" > "$OUT/loss-vs-error-gmm-uniform10.txt"
