@@ -53,19 +53,28 @@ class FitConfig(BaseModel):
 
 PRESETS: dict[str, FitConfig] = {
     # Fast and deterministic: derivative-free golden-section search of Eq. 5 on a fixed sample.
-    "default": FitConfig(),
+    "golden": FitConfig(),
     # The official implementation's settings (see module docstring).
     "official": FitConfig(optimizer="adam", lr=2e-3, iterations=500, batch_size=64, fresh_noise=True),
-    # All taus jointly against a 10-sub-step-per-interval DDIM teacher's end point; lr in units of
-    # the step width (tau = t + delta * (t - s)), iterations = Adam steps in all.
-    "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=80, batch_size=16, num_samples=64,
-                       teacher_steps=10),
+    # All taus jointly against the end point of a DDIM teacher with 5 sub-steps per interval; lr in
+    # units of the step width (tau = t + delta * (t - s)), iterations = Adam steps in all.
+    "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=50, batch_size=8, num_samples=64,
+                       teacher_steps=5),
 }
+# ``default`` is chosen by measurement (docs/RESULTS.md): ``joint`` for deterministic samplers,
+# ``golden`` for stochastic ones (the joint objective needs eta = 0) and whenever the objective,
+# optimizer or strategy is set explicitly.
+PRESET_NAMES = ("default", *PRESETS)
 
 
-def resolve_config(preset: str, strategy: str | None = None, **overrides) -> FitConfig:
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool = False, **overrides) -> FitConfig:
+    """The fit settings of ``preset`` with ``overrides`` (None values ignored); ``stochastic``:
+    whether the sampler draws noise (decides what ``default`` means)."""
+    if preset not in PRESET_NAMES:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
+    if preset == "default":
+        explicit = strategy is not None or any(overrides.get(k) is not None for k in ("objective", "optimizer"))
+        preset = "golden" if stochastic or explicit else "joint"
     values = PRESETS[preset].model_dump()
     if strategy is not None:
         values["strategy"] = strategy

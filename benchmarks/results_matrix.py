@@ -36,9 +36,9 @@ from dpm_align.aligner_core.validation import HELD_OUT_SEED_OFFSET, judge, score
 MODELS = {"demo": (None, "mnist"), "cifar10": ("models/cifar10/model.safetensors", "cifar10"), "gmm": ("gmm", None)}
 # name -> (preset, overrides). "official-60": the paper's optimizer with 60 instead of 500 iterations per step.
 OBJECTIVES = {
-    "paper-golden": ("default", {}),
-    "paper-golden-parallel": ("default", {"strategy": "parallel"}),
-    "teacher-golden": ("default", {"objective": "teacher"}),
+    "paper-golden": ("golden", {}),
+    "paper-golden-parallel": ("golden", {"strategy": "parallel"}),
+    "teacher-golden": ("golden", {"objective": "teacher"}),
     "paper-official-60": ("official", {"iterations": 60}),
     "joint": ("joint", {}),
 }

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from dpm_align.aligner_core import __version__
 from dpm_align.aligner_core.api import (
+    DEFAULT_SAMPLER,
     SamplingPlan,
     ValidationSettings,
     align,
@@ -39,6 +40,7 @@ from dpm_align.aligner_core.images import prepare_out_dir, save_samples
 from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
 from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.loading import load_model, resolve_device
+from dpm_align.aligner_core.samplers import is_stochastic, resolve_eta
 
 from .output import emit_json, handle_errors, progress_bar, stderr
 
@@ -182,7 +184,7 @@ def align_cmd(
     spec: ModelSpec,
     sampling: SamplingOptions,
     strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
-    preset: Annotated[str, typer.Option(help="default | official (the paper code's Adam settings) | joint (all taus at once against a fine DDIM teacher, LD3-style)")] = "default",
+    preset: Annotated[str, typer.Option(help="default (joint for deterministic samplers, golden for stochastic ones) | joint (all taus at once against a fine DDIM teacher, LD3-style) | golden (golden-section search of Eq. 5 per step) | official (the paper code's Adam settings)")] = "default",
     data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
     objective: Annotated[Optional[str], typer.Option(help="override the preset: paper (Eq. 5) | teacher (per-step match of a fine DDIM) | joint (use --preset joint)")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="override the preset: golden | adam")] = None,
@@ -201,8 +203,10 @@ def align_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Fit aligned timesteps and write the tau artifact (cache and/or --out)."""
-    config = resolve_config(preset, strategy, objective=objective, optimizer=optimizer, iterations=iterations,
-                            num_samples=num_samples, batch_size=batch_size, fit_grid=sampling.fit_grid or None)
+    sampler = sampling.sampler or DEFAULT_SAMPLER
+    config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
+                            objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
+                            batch_size=batch_size, fit_grid=sampling.fit_grid or None)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:

@@ -20,3 +20,7 @@ for model in demo cifar10; do
     > "$OUT/loss-vs-error-$model-uniform10.txt"
 done
 python benchmarks/loss_vs_error.py --model gmm --out "$OUT/loss-vs-error-gmm-uniform10.json" > "$OUT/loss-vs-error-gmm-uniform10.txt"
+# The default preset's final joint settings on the demo model (the matrix's demo rows used 80 iterations,
+# batch 16, teacher 10 sub-steps per interval).
+python benchmarks/results_matrix.py --out "$OUT/results-matrix-cpu-2026-11-27.jsonl" --device cpu --models demo \
+  --samplers ddim --objectives joint --budget-s 1500 >> "$OUT/results-matrix-cpu-2026-11-27.log"

@@ -265,7 +265,12 @@ def test_align_every_sampler_and_trajectory(cli, tiny_ckpt, tmp_path, sampler, t
     assert (artifact.analytic is not None) == analytic
     if analytic:
         assert artifact.analytic.times == artifact.trajectory.timesteps[:-1] and artifact.analytic.source == "generated"
-    assert artifact.fit.loss_before[0] is not None and artifact.fit.loss_before[-1] is None  # final step untuned
+    stochastic = sampler in ("ddpm", "analytic-ddim", "analytic-ddpm")
+    assert artifact.fit.objective == ("paper" if stochastic else "joint")  # what --preset default means
+    if stochastic:
+        assert artifact.fit.loss_before[0] is not None and artifact.fit.loss_before[-1] is None  # final step untuned
+    else:  # the joint objective's one end-point loss, for every evaluation
+        assert len(set(artifact.fit.loss_before)) == 1 and artifact.fit.loss_after[0] <= artifact.fit.loss_before[0]
     assert cli("inspect", out, "--check", "--model", tiny_ckpt).exit_code == 0
     sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
     assert sampled.exit_code == 0, sampled.output

@@ -55,7 +55,7 @@ def test_random_labels_depend_on_seed_and_index_only():
 def test_fit_on_a_guided_model_lowers_the_loss_and_key_names_the_guidance():
     model = load_model(GMM, guidance_scale=2.0)
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "quadratic", 5)
-    artifact = align(model, plan, resolve_config("default", num_samples=32))
+    artifact = align(model, plan, resolve_config("golden", num_samples=32))
     assert artifact.key.endswith("-nfe5-class-cfg2-null3")
     assert artifact.conditioning == model.eps.conditioning
     tuned = [(b, a) for b, a in zip(artifact.fit.loss_before, artifact.fit.loss_after) if b is not None]

@@ -13,7 +13,7 @@ SHAPE = (1, 8, 8)  # 64 dimensions
 
 
 def fit(gmm_eps, grid, sampler="ddim", eta=0.0, data=None, **overrides):
-    config = resolve_config("default", **{"num_samples": 128, "batch_size": 128, **overrides})
+    config = resolve_config("golden", **{"num_samples": 128, "batch_size": 128, **overrides})
     return fit_taus(gmm_eps, gmm_eps.schedule, grid, sampler, eta, config, SHAPE, seed=0, data=data)
 
 
