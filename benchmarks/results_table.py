@@ -2,7 +2,8 @@
 
     python benchmarks/results_table.py docs/measurements/results-matrix-cpu-2026-11-27.jsonl [--summary]
 
-One row per (model, sampler, trajectory, NFE, objective). The real-data column (pixel FD of the
+One row per (model, sampler, trajectory, NFE, objective); ``joint*`` marks joint rows fitted with
+today's ``--preset joint`` (= the default for deterministic samplers). The real-data column (pixel FD of the
 end points to real images / exact mixture samples) appears for runs that measured it. With
 --summary: per model and objective, in how many settings validation said "better", and the
 median ratios.
@@ -12,6 +13,14 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+
+from dpm_align.aligner_core.fit import PRESETS
+
+
+def objective(row: dict) -> str:
+    """The row's objective; joint rows fitted with today's default settings are marked ``joint*``."""
+    current = row["objective"] == "joint" and row.get("config") == PRESETS["joint"].model_dump()
+    return row["objective"] + ("*" if current else "")
 
 
 def ratio(row: dict, metric: str) -> float:
@@ -26,7 +35,7 @@ def table(rows: list[dict]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if real else "") + " --- |")
     for r in rows:
         b, a = r["baseline"], r["aligned"]
-        cells = [r["model"], r["sampler"], r["trajectory"], str(r["nfe"]), r["objective"], f"{r['fit_s']} ({r['device']})",
+        cells = [r["model"], r["sampler"], r["trajectory"], str(r["nfe"]), objective(r), f"{r['fit_s']} ({r['device']})",
                  f"{b['end_l2']:.3f} → {a['end_l2']:.3f} ({ratio(r, 'end_l2'):.3f})",
                  f"{b['frechet_pixel']:.3f} → {a['frechet_pixel']:.3f} ({ratio(r, 'frechet_pixel'):.3f})"]
         if real:
@@ -39,11 +48,11 @@ def table(rows: list[dict]) -> None:
 def summary(rows: list[dict]) -> None:
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["model"], r["objective"])].append(r)
-    print("| model | objective | settings | validated better | median end-L2 ratio | median pixel-FD ratio | median fit s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for (model, objective), group in groups.items():
-        print(f"| {model} | {objective} | {len(group)} | {sum(r['better'] for r in group)} | "
+        groups[(r["model"], r["sampler"], objective(r))].append(r)
+    print("| model | sampler | objective | settings | validated better | median end-L2 ratio | median pixel-FD ratio | median fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (model, sampler, name), group in groups.items():
+        print(f"| {model} | {sampler} | {name} | {len(group)} | {sum(r['better'] for r in group)} | "
               f"{statistics.median(ratio(r, 'end_l2') for r in group):.3f} | "
               f"{statistics.median(ratio(r, 'frechet_pixel') for r in group):.3f} | "
               f"{statistics.median(r['fit_s'] for r in group):.1f} |")

@@ -79,7 +79,7 @@ def model(pipe_dir):
 def fitted(model) -> TauArtifact:
     """Taus fitted through the core API (ddim, uniform, 4 steps; a quick fit)."""
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", K)
-    return align(model, plan, resolve_config("default", iterations=3, num_samples=8))
+    return align(model, plan, resolve_config("golden", iterations=3, num_samples=8))
 
 
 @pytest.fixture(scope="module")

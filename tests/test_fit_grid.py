@@ -80,7 +80,7 @@ def test_tampered_fitted_grid_fails_the_check(cli, fitgrid_artifact, tmp_path):
 
 
 @pytest.mark.parametrize("options,fragment", [
-    (("--fit-grid",), "use it with --preset joint"),
+    (("--fit-grid", "--preset", "golden"), "use it with --preset joint"),
     (("--fit-grid", "--preset", "joint", "--sampler", "dpm-solver-2"), "--fit-grid supports the ddim sampler only"),
 ])
 def test_fit_grid_usage_errors(cli, options, fragment):

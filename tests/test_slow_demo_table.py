@@ -1,4 +1,9 @@
-"""Slow regression checks of docs/RESULTS.md rows (not in the default run: `pytest -m slow`)."""
+"""Slow regression checks of docs/RESULTS.md rows (not in the default run: `pytest -m slow`).
+
+The default preset (joint for DDIM) must validate as better on every demo model at NFE 10, and at
+NFE 5 on the embedded model; the thresholds sit below the measured ratios (docs/RESULTS.md) with
+room for the smaller validation sample used here.
+"""
 
 import pytest
 
@@ -8,13 +13,23 @@ from dpm_align.aligner_core.loading import load_model
 
 pytestmark = pytest.mark.slow
 
+ROWS = [  # model, trajectory, nfe, max end-L2 ratio, max pixel-FD ratio
+    (None, "uniform", 5, 0.9, 0.8),
+    (None, "uniform", 10, 0.9, 0.8),
+    (None, "quadratic", 10, 0.9, 0.8),
+    ("gmm", "uniform", 10, 0.7, 0.5),
+    ("gmm", "quadratic", 10, 0.7, 0.5),
+    ("models/cifar10/model.safetensors", "uniform", 10, 0.8, 0.7),
+    ("models/cifar10/model.safetensors", "quadratic", 10, 0.95, 0.9),
+]
 
-@pytest.mark.parametrize("nfe", [5, 10])
-def test_default_preset_helps_the_demo_model_with_ddim(nfe):
-    model = load_model(None)
-    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", nfe)
+
+@pytest.mark.parametrize("model_path,trajectory,nfe,max_l2,max_fd", ROWS)
+def test_default_preset_helps_with_ddim(model_path, trajectory, nfe, max_l2, max_fd):
+    model = load_model(model_path)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
     artifact = align(model, plan, resolve_config("default"), validation=ValidationSettings(64, 200))
     v = artifact.validation
-    assert v.better
-    assert v.aligned["end_l2"] < 0.9 * v.baseline["end_l2"]
-    assert v.aligned["frechet_pixel"] < 0.8 * v.baseline["frechet_pixel"]
+    assert artifact.fit.objective == "joint" and v.better
+    assert v.aligned["end_l2"] < max_l2 * v.baseline["end_l2"]
+    assert v.aligned["frechet_pixel"] < max_fd * v.baseline["frechet_pixel"]
