@@ -437,7 +437,7 @@ def fit_joint(
         loss.backward()
         opt.step()
         if progress and it % 10 == 0:
-            progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss):.4g}")
+            progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss.detach()):.4g}")
     with torch.no_grad():
         fitted_grid = grid_of(logits.detach())
         fitted = taus_of(fitted_grid, delta.detach()).clamp(min=0.0)
