@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import DpmAlignError, UsageError
 from .schedule import ScheduleSpec
 from .analytic import GammaTable
+from .atomic import atomic_file
 from .model import Conditioning
 from .validation import Validation
 
@@ -196,23 +197,12 @@ def write_artifact(artifact: TauArtifact, path: Path) -> Path:
 def write_json_atomic(document: BaseModel, path: Path) -> Path:
     """Write a pydantic document as JSON atomically (temporary file in the same directory, fsync,
     rename)."""
-    path = Path(path)
     text = document.model_dump_json(indent=2) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out path") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, ".tmp", "--out") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def read_artifact(path: Path) -> TauArtifact:

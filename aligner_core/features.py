@@ -16,8 +16,6 @@ which are checked when present so that statistics of another network are not com
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .atomic import atomic_file
 from .data import load_data
 from .errors import UsageError
 from .metrics import frechet_from_stats
@@ -111,21 +110,10 @@ def load_stats(path: Path, expected_net: str | None = None) -> FeatureStats:
 
 def save_stats(stats: FeatureStats, path: Path) -> Path:
     """Atomic write of mu, sigma, num_samples and feature_net to ``path`` (.npz)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --save-stats path") from None
-    try:
+    with atomic_file(path, ".npz", "--save-stats") as tmp:
         np.savez(tmp, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), num_samples=np.int64(stats.num_samples),
                  feature_net=np.str_(stats.feature_net or ""))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 @dataclass(frozen=True)

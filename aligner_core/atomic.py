@@ -1,0 +1,31 @@
+"""Atomic file writes: a temporary file in the target's directory, renamed over the target only
+when it is complete, so that a reader sees the old file or the whole new one, never half."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UsageError
+
+
+@contextmanager
+def atomic_file(path: Path, suffix: str, option: str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``, on any
+    error it is removed. ``option`` names the CLI option to fix when the directory is not writable."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable {option} path") from None
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
