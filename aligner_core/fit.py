@@ -379,9 +379,9 @@ def fit_joint(
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
     delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean squared distance of the
     sampler's end point to a DDIM teacher's (``teacher_steps`` sub-steps per interval) from the same
-    x_T. Deterministic samplers only. The result is kept only if it lowers the pool's loss, else
-    the plain times are returned. ``loss_before`` / ``loss_after`` hold that end-point loss for
-    every evaluation.
+    x_T, the learning rate decaying to 0 on a cosine. Deterministic samplers only. The result is
+    kept only if it lowers the pool's loss, else the plain times are returned. ``loss_before`` /
+    ``loss_after`` hold that end-point loss for every evaluation.
 
     With ``config.fit_grid`` (ddim) the interior grid points are fitted too, as LD3 learns both
     time sets: t_j = t_K (1 - sum_{k<=j} softmax(z)_k), which keeps the ends and the order, with z
@@ -429,6 +429,9 @@ def fit_joint(
     before = pool_loss(base, nominal)
     delta = torch.zeros_like(nominal, requires_grad=True)
     opt = torch.optim.Adam([delta, logits] if config.fit_grid else [delta], lr=config.lr)
+    # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
+    # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations)
     for it in range(config.iterations):
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
         g = grid_of(logits)
@@ -436,6 +439,7 @@ def fit_joint(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        decay.step()
         if progress and it % 10 == 0:
             progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss.detach()):.4g}")
     with torch.no_grad():

@@ -11,8 +11,8 @@ every interval subdivided, at least --reference-nfe steps and 10 per interval) f
 - ``frechet_pixel``: pixel-space Fréchet distance to the reference's end points;
 - ``frechet_real``: pixel-space Fréchet distance to real data (MNIST / CIFAR-10 test images, or
   exact samples of the mixture), which does not favour objectives that imitate the reference.
-Rows are appended to --out as they finish (JSON lines), so a run cut short by --budget-s keeps
-what it measured. Feeds docs/RESULTS.md (benchmarks/results_table.py renders the table).
+Each row records the fit configuration and the commit measured. Rows are appended to --out as
+they finish (JSON lines), so a run cut short by --budget-s keeps what it measured. Feeds docs/RESULTS.md (benchmarks/results_table.py renders the table).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,6 +54,16 @@ def real_data(name: str, model, count: int = 2000) -> torch.Tensor:
     return load_data(data, model.sample_shape)[:count].to(torch.float64)
 
 
+def commit() -> str:
+    """The checked-out commit (``-dirty`` with uncommitted changes to tracked files), for the rows."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -67,7 +78,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    start = time.time()
+    start, code = time.time(), commit()
     models = {name: load_model(MODELS[name][0], device=device) for name in args.models}
     real = {name: real_data(name, model) for name, model in models.items()}
     with args.out.open("a") as sink:
@@ -102,7 +113,8 @@ def main() -> None:
                 v = judge(scores["baseline"], scores[objective], sampler, plan.eta, num_samples=args.samples,
                           seed=HELD_OUT_SEED_OFFSET, reference_nfe=reference_nfe)
                 row = {"model": name, "sampler": sampler, "trajectory": trajectory, "nfe": nfe, "objective": objective,
-                       "fit_s": fit_s[objective], "device": device.type, "config": configs[objective], "baseline": v.baseline, "aligned": v.aligned,
+                       "fit_s": fit_s[objective], "device": device.type, "commit": code,
+                       "config": configs[objective], "baseline": v.baseline, "aligned": v.aligned,
                        "frechet_real": {"reference": real_fd["reference"], "baseline": real_fd["baseline"],
                                         "aligned": real_fd[objective]},
                        "better": v.better, "samples": v.num_samples, "reference_nfe": reference_nfe,

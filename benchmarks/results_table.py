@@ -3,7 +3,8 @@
     python benchmarks/results_table.py docs/measurements/results-matrix-cpu-2026-11-27.jsonl [--summary]
 
 One row per (model, sampler, trajectory, NFE, objective); ``joint*`` marks joint rows fitted with
-today's ``--preset joint`` (= the default for deterministic samplers). The real-data column (pixel FD of the
+today's ``--preset joint`` (= the default for deterministic samplers), ``joint°`` rows with its settings
+but before the cosine learning-rate decay (rows measured since then record their ``commit``). The real-data column (pixel FD of the
 end points to real images / exact mixture samples) appears for runs that measured it. With
 --summary: per model and objective, in how many settings validation said "better", and the
 median ratios.
@@ -18,9 +19,11 @@ from dpm_align.aligner_core.fit import PRESETS
 
 
 def objective(row: dict) -> str:
-    """The row's objective; joint rows fitted with today's default settings are marked ``joint*``."""
-    current = row["objective"] == "joint" and row.get("config") == PRESETS["joint"].model_dump()
-    return row["objective"] + ("*" if current else "")
+    """The row's objective; joint rows fitted with today's default settings are marked ``joint*``,
+    those with its settings from before the learning-rate decay ``joint°``."""
+    if row["objective"] != "joint" or row.get("config") != PRESETS["joint"].model_dump():
+        return row["objective"]
+    return "joint*" if "commit" in row else "joint°"
 
 
 def ratio(row: dict, metric: str) -> float:

@@ -125,11 +125,13 @@ def test_default_preset_is_joint_for_deterministic_samplers_else_golden():
     assert resolve_config("default", "parallel").optimizer == "golden"
 
 
-def test_default_cuts_the_uniform_grid_gap_by_30_percent(gmm_eps):
-    """The issue's GMM target on the uniform 10-step DDIM grid, which the per-step objectives miss:
-    the default (all taus fitted jointly against the teacher's end point) cuts the end-point L2 to
-    a 999-step reference on held-out seeds by >= 30%."""
-    grid = make_grid("uniform", 10, gmm_eps.schedule)
+@pytest.mark.parametrize("nfe", [5, 10])
+def test_default_cuts_the_uniform_grid_gap_by_30_percent(gmm_eps, nfe):
+    """The issue's GMM target on the uniform DDIM grids, which the per-step objectives miss: the
+    default (all taus fitted jointly against the teacher's end point) cuts the end-point L2 to a
+    999-step reference on held-out seeds by >= 30%. (NFE 5 needs the cosine learning-rate decay:
+    without it the last Adam steps left the pool loss above the plain times' and the fit was dropped.)"""
+    grid = make_grid("uniform", nfe, gmm_eps.schedule)
     result = fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, resolve_config("default"), SHAPE, seed=0)
     assert result.loss_after[0] < 0.7 * result.loss_before[0]
     x = torch.randn(128, *SHAPE, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
