@@ -76,9 +76,10 @@ def main() -> None:
     ap.add_argument("--reference-nfe", type=int, default=100)
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--commit", default=None, help="the commit measured, where the tree has no .git (default: git's)")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    start, code = time.time(), commit()
+    start, code = time.time(), args.commit or commit()
     models = {name: load_model(MODELS[name][0], device=device) for name in args.models}
     real = {name: real_data(name, model) for name, model in models.items()}
     with args.out.open("a") as sink:
