@@ -316,8 +316,23 @@ class AblationRow(BaseModel):
     frechet_pixel: float
 
 
+class KidReport(BaseModel):
+    """Kernel distance (KID) of the end points to the real images in the same feature space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    library: str  # "torchmetrics <version>"
+    subsets: int
+    subset_size: int
+    baseline: float
+    baseline_std: float
+    aligned: float
+    aligned_std: float
+
+
 class FeatureReport(BaseModel):
-    """Fréchet distance of the end points to real data in a feature space (FID for Inception)."""
+    """Fréchet distance of the end points to real data in a feature space (FID for Inception),
+    and the KID where the real images (not only their statistics) were given."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -328,6 +343,7 @@ class FeatureReport(BaseModel):
     num_samples: int
     baseline: float
     aligned: float
+    kid: KidReport | None = None  # None with --reference-stats: the KID needs the real features
 
 
 class GapReport(BaseModel):
@@ -359,6 +375,19 @@ class GapReport(BaseModel):
     frechet_pixel_aligned: float
     ablation: list[AblationRow] | None = None
     features: FeatureReport | None = None
+
+
+def _feature_report(features: FeatureReference, ends: dict[str, list[torch.Tensor]], num_samples: int,
+                    seed: int) -> FeatureReport:
+    (fd_b, kid_b), (fd_a, kid_a) = (features.distances(torch.cat(ends[name]), seed=seed) for name in ("baseline", "aligned"))
+    kid = None
+    if kid_b is not None and kid_a is not None:
+        kid = KidReport(library=kid_b.library, subsets=kid_b.subsets,
+                        subset_size=kid_b.subset_size, baseline=kid_b.mean, baseline_std=kid_b.std,
+                        aligned=kid_a.mean, aligned_std=kid_a.std)
+    return FeatureReport(metric=features.net.metric, network=features.net.id, reference=features.name,
+                         reference_samples=features.stats.num_samples, num_samples=num_samples,
+                         baseline=fd_b, aligned=fd_a, kid=kid)
 
 
 def trajectory_gap(
@@ -401,12 +430,7 @@ def trajectory_gap(
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
-    feature_report = None
-    if features is not None:
-        feature_report = FeatureReport(
-            metric=features.net.metric, network=features.net.id, reference=features.name,
-            reference_samples=features.stats.num_samples, num_samples=num_samples,
-            **{name: features.distance(torch.cat(ends[name])) for name in ("baseline", "aligned")})
+    feature_report = None if features is None else _feature_report(features, ends, num_samples, seed)
     rows = None
     if ablation:
         names = ["baseline", *[f"first-{k}" for k in range(1, plan.steps)], "aligned"]

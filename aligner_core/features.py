@@ -11,11 +11,17 @@ features of any TorchScript network the user supplies; reference statistics as `
 Statistics files hold ``mu`` [F] and ``sigma`` [F, F] (the pytorch-fid / clean-fid layout, which
 are read too), plus ``num_samples`` and ``feature_net`` (kind and sha256 of the network file),
 which are checked when present so that statistics of another network are not compared.
+
+The Fréchet distance is ``metrics.frechet_from_stats`` (tested equal to torchmetrics' FID on the
+same features). With real images (not only statistics) the kernel distance (KID, Binkowski et al.
+2018; unbiased, so usable with a few hundred samples where FID is not) comes from torchmetrics'
+``KernelInceptionDistance`` on the same features.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -116,16 +122,63 @@ def save_stats(stats: FeatureStats, path: Path) -> Path:
     return Path(path)
 
 
+class _Precomputed(torch.nn.Module):
+    """torchmetrics' feature extractor slot for features computed already (by ``FeatureNet``)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@dataclass(frozen=True)
+class KernelDistance:
+    mean: float
+    std: float  # over the random subsets
+    subsets: int
+    subset_size: int
+    library: str  # "torchmetrics <version>"
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, subsets: int = 100,
+                    subset_size: int = 1000) -> KernelDistance:
+    """KID between two feature sets [N, F] by torchmetrics (cubic polynomial kernel MMD, averaged
+    over ``subsets`` random subsets of min(subset_size, N_real, N_fake)); the subsets are drawn
+    from ``seed``, so the value is deterministic."""
+    import torchmetrics
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, real.shape[0], fake.shape[0])
+    if size < 2:
+        raise UsageError("the kernel distance needs at least 2 real and 2 generated samples; raise --num-samples")
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    metric.update(real.to(torch.float64), real=True)
+    metric.update(fake.to(torch.float64), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return KernelDistance(float(mean), float(std), subsets, size, f"torchmetrics {torchmetrics.__version__}")
+
+
 @dataclass(frozen=True)
 class FeatureReference:
-    """A feature network with the statistics of the real data that samples are compared with."""
+    """A feature network with the statistics of the real data that samples are compared with, and
+    the real features themselves when they were computed here (from --data), for the KID."""
 
     net: FeatureNet
     stats: FeatureStats
     name: str  # the --data value or the statistics file
+    features: torch.Tensor | None = None
 
-    def distance(self, samples: torch.Tensor) -> float:
-        return self.net.stats(samples).distance(self.stats)
+    def distances(self, samples: torch.Tensor, *, seed: int = 0) -> tuple[float, KernelDistance | None]:
+        """The Fréchet distance of ``samples`` to the real data and, with real features, the KID."""
+        fake = self.net.features(samples)
+        frechet = FeatureStats.of(fake, self.net.id).distance(self.stats)
+        return frechet, None if self.features is None else kernel_distance(self.features, fake, seed=seed)
 
 
 def feature_reference(
@@ -145,7 +198,8 @@ def feature_reference(
         if save is not None:
             raise UsageError("--save-stats writes the statistics of --data; with --reference-stats they exist already")
         return FeatureReference(net, load_stats(stats, net.id), str(stats))
-    computed = net.stats(load_data(data, sample_shape))
+    features = net.features(load_data(data, sample_shape))
+    computed = FeatureStats.of(features, net.id)
     if save is not None:
         save_stats(computed, save)
-    return FeatureReference(net, computed, data)
+    return FeatureReference(net, computed, data, features)

@@ -421,6 +421,9 @@ def eval_cmd(
         typer.echo(f"{'FID' if f.metric == 'fid' else 'feature Fréchet distance'} to {f.reference} "
                    f"({f.reference_samples} real, {f.num_samples} generated): baseline {f.baseline:.4f}, "
                    f"aligned {f.aligned:.4f}")
+        if f.kid is not None:
+            typer.echo(f"KID ({f.kid.library}, {f.kid.subsets} subsets of {f.kid.subset_size}): "
+                       f"baseline {f.kid.baseline:.5f} ± {f.kid.baseline_std:.5f}, aligned {f.kid.aligned:.5f} ± {f.kid.aligned_std:.5f}")
 
 
 def run() -> None:

@@ -7,7 +7,8 @@ from torch import nn
 
 from dpm_align.aligner_core.data import load_data
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.features import FeatureNet, FeatureStats, feature_reference, load_stats, save_stats
+from dpm_align.aligner_core.features import (FeatureNet, FeatureStats, _Precomputed, feature_reference, kernel_distance,
+                                             load_stats, save_stats)
 from dpm_align.aligner_core.metrics import frechet_distance, frechet_from_stats
 from tests.conftest import assert_one_line, parse_json
 from tests.test_cli import FAST, one_line_error
@@ -58,6 +59,39 @@ def test_inception_gets_rgb_0_255_and_stats_round_trip(nets, tmp_path):
     assert back.distance(stats) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_frechet_distance_equals_torchmetrics_fid_on_the_same_features():
+    """Our FID formula against a maintained library's (torchmetrics), features given directly."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(300, 16, generator=gen, dtype=torch.float64)
+    fake = 0.7 * torch.randn(200, 16, generator=gen, dtype=torch.float64) + 0.3
+    library = FrechetInceptionDistance(feature=_Precomputed(16))
+    library.update(real, real=True)
+    library.update(fake, real=False)
+    assert frechet_distance(fake, real) == pytest.approx(float(library.compute()), rel=1e-9)
+
+
+def test_kernel_distance_is_the_unbiased_cubic_kernel_mmd_and_deterministic():
+    gen = torch.Generator().manual_seed(4)
+    real = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    fake = torch.randn(30, 5, generator=gen, dtype=torch.float64) + 0.5
+
+    def mmd2(x, y):  # k(a, b) = (a.b / d + 1)^3, diagonal terms left out (unbiased)
+        k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+        m = x.shape[0]
+        kxx, kyy = k(x, x), k(y, y)
+        return ((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+                - 2 * k(x, y).mean())
+
+    whole = kernel_distance(real[:30], fake, subsets=1)  # one subset of all 30: no randomness
+    assert whole.subset_size == 30 and whole.library.startswith("torchmetrics ")
+    assert whole.mean == pytest.approx(float(mmd2(real[:30], fake)), rel=1e-9)
+    assert kernel_distance(real, fake, seed=1, subsets=20) == kernel_distance(real, fake, seed=1, subsets=20)
+    with pytest.raises(UsageError, match="at least 2 real and 2 generated"):
+        kernel_distance(real, fake[:1])
+
+
 def test_pytorch_fid_style_stats_without_metadata_are_read(tmp_path):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
     stats = load_stats(tmp_path / "ref.npz", "inception:0123")
@@ -76,12 +110,15 @@ def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
     assert first.exit_code == 0, first.output
     report = parse_json(first)["features"]
     assert report["metric"] == "fid" and report["reference"] == "digits" and report["reference_samples"] == 1797
+    assert report["kid"]["subset_size"] == 12 and report["kid"]["library"].startswith("torchmetrics")
     digits = FeatureNet(nets[0], "inception").stats(load_data("digits", (1, 8, 8)))
     assert torch.allclose(load_stats(stats).mu, digits.mu)
     again = parse_json(cli(*common, "--reference-stats", stats))["features"]
     assert (again["baseline"], again["aligned"]) == (report["baseline"], report["aligned"])
+    assert again["kid"] is None  # statistics alone: no real features for the KID
     text = cli(*common[:-3], "--inception-weights", nets[0], "--reference-stats", stats)
-    assert "FID to" in text.stdout and "(1797 real, 12 generated)" in text.stdout
+    assert "FID to" in text.stdout and "(1797 real, 12 generated)" in text.stdout and "KID" not in text.stdout
+    assert "KID (torchmetrics" in cli(*common[:-3], "--inception-weights", nets[0], "--data", "digits").stdout
     other = parse_json(cli(*common[:-2], "--feature-net", nets[1], "--data", "digits"))["features"]
     assert other["metric"] == "fd_features" and other["network"].startswith("torchscript:")
 
@@ -114,5 +151,5 @@ def test_stats_of_another_size_are_refused(nets, tmp_path):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
     reference = feature_reference(net, (1, 8, 8), stats=tmp_path / "ref.npz")
     with pytest.raises(UsageError) as info:
-        reference.distance(torch.zeros(4, 1, 8, 8))
+        reference.distances(torch.zeros(4, 1, 8, 8))
     assert_one_line(info, "statistics have 3 features, the feature network gives 6")
