@@ -330,9 +330,23 @@ class KidReport(BaseModel):
     aligned_std: float
 
 
+class InceptionScoreReport(BaseModel):
+    """Inception Score (higher is better) of the end points."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    library: str  # "torchmetrics <version>"
+    splits: int
+    baseline: float
+    baseline_std: float
+    aligned: float
+    aligned_std: float
+
+
 class FeatureReport(BaseModel):
     """Fréchet distance of the end points to real data in a feature space (FID for Inception),
-    and the KID where the real images (not only their statistics) were given."""
+    the KID where the real images (not only their statistics) were given, and for Inception the
+    Inception Score."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -344,6 +358,7 @@ class FeatureReport(BaseModel):
     baseline: float
     aligned: float
     kid: KidReport | None = None  # None with --reference-stats: the KID needs the real features
+    inception_score: InceptionScoreReport | None = None  # --inception-weights, at least 4 samples
 
 
 class GapReport(BaseModel):
@@ -379,15 +394,19 @@ class GapReport(BaseModel):
 
 def _feature_report(features: FeatureReference, ends: dict[str, list[torch.Tensor]], num_samples: int,
                     seed: int) -> FeatureReport:
-    (fd_b, kid_b), (fd_a, kid_a) = (features.distances(torch.cat(ends[name]), seed=seed) for name in ("baseline", "aligned"))
-    kid = None
-    if kid_b is not None and kid_a is not None:
-        kid = KidReport(library=kid_b.library, subsets=kid_b.subsets,
-                        subset_size=kid_b.subset_size, baseline=kid_b.mean, baseline_std=kid_b.std,
-                        aligned=kid_a.mean, aligned_std=kid_a.std)
+    base, aligned = (features.scores(torch.cat(ends[name]), seed=seed) for name in ("baseline", "aligned"))
+    kid = score = None
+    if base.kid is not None and aligned.kid is not None:
+        kid = KidReport(library=base.kid.library, subsets=base.kid.subsets, subset_size=base.kid.subset_size,
+                        baseline=base.kid.mean, baseline_std=base.kid.std, aligned=aligned.kid.mean,
+                        aligned_std=aligned.kid.std)
+    if base.inception_score is not None and aligned.inception_score is not None:
+        b, a = base.inception_score, aligned.inception_score
+        score = InceptionScoreReport(library=b.library, splits=b.splits, baseline=b.mean, baseline_std=b.std,
+                                     aligned=a.mean, aligned_std=a.std)
     return FeatureReport(metric=features.net.metric, network=features.net.id, reference=features.name,
                          reference_samples=features.stats.num_samples, num_samples=num_samples,
-                         baseline=fd_b, aligned=fd_a, kid=kid)
+                         baseline=base.frechet, aligned=aligned.frechet, kid=kid, inception_score=score)
 
 
 def trajectory_gap(

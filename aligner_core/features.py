@@ -15,7 +15,8 @@ which are checked when present so that statistics of another network are not com
 The Fréchet distance is ``metrics.frechet_from_stats`` (tested equal to torchmetrics' FID on the
 same features). With real images (not only statistics) the kernel distance (KID, Binkowski et al.
 2018; unbiased, so usable with a few hundred samples where FID is not) comes from torchmetrics'
-``KernelInceptionDistance`` on the same features.
+``KernelInceptionDistance`` on the same features; with Inception, the Inception Score from
+torchmetrics' ``InceptionScore`` on the network's class probabilities.
 """
 
 from __future__ import annotations
@@ -77,19 +78,24 @@ class FeatureNet:
         self.metric = "fid" if kind == "inception" else "fd_features"
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """[N, F] float64 features of samples x [N, C, H, W] in [-1, 1]."""
+    def _outputs(self, x: torch.Tensor, batch_size: int, **kwargs) -> torch.Tensor:
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size].to(self.device, torch.float32)
             if self.kind == "inception":
                 xb = ((xb.clamp(-1, 1) + 1) * 127.5).round()  # the 8-bit image a saved PNG would hold
                 xb = xb.expand(-1, 3, -1, -1) if xb.shape[1] == 1 else xb
-                f = self.net(xb, return_features=True)
-            else:
-                f = self.net(xb)
-            out.append(f.flatten(1).to(torch.float64).cpu())
+            out.append(self.net(xb, **kwargs).flatten(1).to(torch.float64).cpu())
         return torch.cat(out)
+
+    def features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """[N, F] float64 features of samples x [N, C, H, W] in [-1, 1]."""
+        return self._outputs(x, batch_size, **({"return_features": True} if self.kind == "inception" else {}))
+
+    def class_probabilities(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Inception only: [N, 1008] class probabilities, the softmax without the output bias that
+        the Inception Score of the original TF code (and StyleGAN2-ADA's) uses."""
+        return self._outputs(x, batch_size, no_output_bias=True)
 
     def stats(self, x: torch.Tensor, batch_size: int = 64) -> FeatureStats:
         return FeatureStats.of(self.features(x, batch_size), self.id)
@@ -133,6 +139,25 @@ class _Precomputed(torch.nn.Module):
         return features
 
 
+def _library_metric(metric_class: type, updates: list[tuple[torch.Tensor, dict]], seed: int, **options):
+    """``metric_class`` (a torchmetrics image metric) on precomputed features: the updates, then
+    ``compute()`` with its random subsets or splits drawn from ``seed``."""
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = metric_class(feature=_Precomputed(updates[0][0].shape[1]), **options)
+    for values, kwargs in updates:
+        metric.update(values.to(torch.float64), **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return metric.compute()
+
+
+def _library() -> str:
+    import torchmetrics
+
+    return f"torchmetrics {torchmetrics.__version__}"
+
+
 @dataclass(frozen=True)
 class KernelDistance:
     mean: float
@@ -147,21 +172,44 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, su
     """KID between two feature sets [N, F] by torchmetrics (cubic polynomial kernel MMD, averaged
     over ``subsets`` random subsets of min(subset_size, N_real, N_fake)); the subsets are drawn
     from ``seed``, so the value is deterministic."""
-    import torchmetrics
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
         raise UsageError("the kernel distance needs at least 2 real and 2 generated samples; raise --num-samples")
-    with warnings.catch_warnings():  # "will save all extracted features in buffer": that is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
-    metric.update(real.to(torch.float64), real=True)
-    metric.update(fake.to(torch.float64), real=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return KernelDistance(float(mean), float(std), subsets, size, f"torchmetrics {torchmetrics.__version__}")
+    mean, std = _library_metric(KernelInceptionDistance, [(real, {"real": True}), (fake, {"real": False})], seed,
+                                subsets=subsets, subset_size=size)
+    return KernelDistance(float(mean), float(std), subsets, size, _library())
+
+
+@dataclass(frozen=True)
+class InceptionScore:
+    mean: float
+    std: float  # over the splits
+    splits: int
+    library: str
+
+
+def inception_score(probabilities: torch.Tensor, *, seed: int = 0, max_splits: int = 10) -> InceptionScore | None:
+    """IS = exp E_x KL(p(y|x) || p(y)) by torchmetrics, mean and std over min(max_splits, N // 2)
+    random splits of the samples (drawn from ``seed``); None under 4 samples. torchmetrics takes
+    logits: log p gives p back."""
+    from torchmetrics.image.inception import InceptionScore as Metric
+
+    splits = min(max_splits, probabilities.shape[0] // 2)
+    if splits < 2:
+        return None
+    mean, std = _library_metric(Metric, [(probabilities.clamp(min=1e-30).log(), {})], seed, splits=splits)
+    return InceptionScore(float(mean), float(std), splits, _library())
+
+
+@dataclass(frozen=True)
+class SampleScores:
+    """What a ``FeatureReference`` measures on a set of samples."""
+
+    frechet: float
+    kid: KernelDistance | None  # with real features (--data)
+    inception_score: InceptionScore | None  # Inception networks only
 
 
 @dataclass(frozen=True)
@@ -174,11 +222,15 @@ class FeatureReference:
     name: str  # the --data value or the statistics file
     features: torch.Tensor | None = None
 
-    def distances(self, samples: torch.Tensor, *, seed: int = 0) -> tuple[float, KernelDistance | None]:
-        """The Fréchet distance of ``samples`` to the real data and, with real features, the KID."""
+    def scores(self, samples: torch.Tensor, *, seed: int = 0) -> SampleScores:
+        """The Fréchet distance of ``samples`` to the real data; with real features the KID; with
+        an Inception network the Inception Score."""
         fake = self.net.features(samples)
-        frechet = FeatureStats.of(fake, self.net.id).distance(self.stats)
-        return frechet, None if self.features is None else kernel_distance(self.features, fake, seed=seed)
+        return SampleScores(
+            frechet=FeatureStats.of(fake, self.net.id).distance(self.stats),
+            kid=None if self.features is None else kernel_distance(self.features, fake, seed=seed),
+            inception_score=inception_score(self.net.class_probabilities(samples), seed=seed)
+            if self.net.kind == "inception" else None)
 
 
 def feature_reference(

@@ -360,8 +360,8 @@ def eval_cmd(
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
-    inception_weights: Annotated[Optional[Path], typer.Option(help="FID: a local TorchScript Inception-v3 (inception-2015-12-05.pt of StyleGAN2-ADA/EDM/clean-fid); nothing is downloaded")] = None,
-    feature_net: Annotated[Optional[Path], typer.Option(help="Fréchet distance in the features of your TorchScript network f(x in [-1, 1]) -> [N, F]")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="FID and Inception Score (KID too with --data): a local TorchScript Inception-v3 (inception-2015-12-05.pt of StyleGAN2-ADA/EDM/clean-fid); nothing is downloaded")] = None,
+    feature_net: Annotated[Optional[Path], typer.Option(help="Fréchet distance (KID too with --data) in the features of your TorchScript network f(x in [-1, 1]) -> [N, F]")] = None,
     data: Annotated[Optional[str], typer.Option(help="real images for --inception-weights/--feature-net: image folder, .npz, or mnist | cifar10 | digits")] = None,
     reference_stats: Annotated[Optional[Path], typer.Option(help="precomputed real-data statistics (.npz with mu, sigma) instead of --data")] = None,
     save_stats: Annotated[Optional[Path], typer.Option(help="write the statistics of --data to this .npz for later --reference-stats")] = None,
@@ -371,7 +371,7 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end;
-    FID / feature-space Fréchet distance to real data with --inception-weights or --feature-net."""
+    FID / feature-space Fréchet distance (and KID, Inception Score) to real data with --inception-weights or --feature-net."""
     if plot is not None:
         prepare_out_dir(plot)
     if inception_weights is not None and feature_net is not None:
@@ -424,6 +424,10 @@ def eval_cmd(
         if f.kid is not None:
             typer.echo(f"KID ({f.kid.library}, {f.kid.subsets} subsets of {f.kid.subset_size}): "
                        f"baseline {f.kid.baseline:.5f} ± {f.kid.baseline_std:.5f}, aligned {f.kid.aligned:.5f} ± {f.kid.aligned_std:.5f}")
+        if f.inception_score is not None:
+            s = f.inception_score
+            typer.echo(f"Inception Score ({s.library}, {s.splits} splits; higher is better): baseline {s.baseline:.4f} ± "
+                       f"{s.baseline_std:.4f}, aligned {s.aligned:.4f} ± {s.aligned_std:.4f}")
 
 
 def run() -> None:

@@ -7,8 +7,8 @@ from torch import nn
 
 from dpm_align.aligner_core.data import load_data
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.features import (FeatureNet, FeatureStats, _Precomputed, feature_reference, kernel_distance,
-                                             load_stats, save_stats)
+from dpm_align.aligner_core.features import (FeatureNet, FeatureStats, _Precomputed, feature_reference, inception_score,
+                                             kernel_distance, load_stats, save_stats)
 from dpm_align.aligner_core.metrics import frechet_distance, frechet_from_stats
 from tests.conftest import assert_one_line, parse_json
 from tests.test_cli import FAST, one_line_error
@@ -16,14 +16,17 @@ from tests.test_cli import FAST, one_line_error
 
 class StandInInception(nn.Module):
     """The calling convention of the FID Inception (inception-2015-12-05.pt): 3-channel images
-    with values 0..255, ``return_features=True`` -> [N, F]. Refuses anything else."""
+    with values 0..255; ``return_features=True`` -> [N, F] pool features, else class
+    probabilities, asked for without the output bias (the IS convention). Refuses anything else."""
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        assert return_features, "FID needs the pool features"
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
         assert x.shape[1] == 3, "Inception takes RGB"
         assert float(x.min()) >= 0.0 and float(x.max()) <= 255.0 and float(x.max()) > 2.0, "values 0..255"
         pooled = nn.functional.adaptive_avg_pool2d(x / 255.0, 2).flatten(1)  # [N, 12]
-        return torch.cat([pooled, pooled.square()], dim=1)  # [N, 24]
+        if return_features:
+            return torch.cat([pooled, pooled.square()], dim=1)  # [N, 24]
+        assert no_output_bias, "the Inception Score uses the softmax without the output bias"
+        return torch.softmax(8.0 * pooled[:, :10], dim=1)  # [N, 10] class probabilities
 
 
 class StandInFeatures(nn.Module):
@@ -92,6 +95,20 @@ def test_kernel_distance_is_the_unbiased_cubic_kernel_mmd_and_deterministic():
         kernel_distance(real, fake[:1])
 
 
+def test_inception_score_is_exp_mean_kl_to_the_marginal():
+    """IS per split = exp mean_x KL(p(y|x) || mean p), the splits a permutation drawn from the seed."""
+    p = torch.softmax(torch.randn(40, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64), dim=1)
+    torch.manual_seed(11)
+    splits = p[torch.randperm(40)].chunk(4)
+    by_hand = torch.tensor([float(torch.exp((q * (q.log() - q.mean(0, keepdim=True).log())).sum(1).mean()))
+                            for q in splits], dtype=torch.float64)
+    score = inception_score(p, seed=11, max_splits=4)
+    assert score.splits == 4 and score.library.startswith("torchmetrics ")
+    assert (score.mean, score.std) == pytest.approx((float(by_hand.mean()), float(by_hand.std())), rel=1e-9)
+    assert inception_score(p, seed=3) == inception_score(p, seed=3)
+    assert inception_score(p[:3]) is None  # under 4 samples: no two splits of 2
+
+
 def test_pytorch_fid_style_stats_without_metadata_are_read(tmp_path):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
     stats = load_stats(tmp_path / "ref.npz", "inception:0123")
@@ -111,6 +128,7 @@ def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
     report = parse_json(first)["features"]
     assert report["metric"] == "fid" and report["reference"] == "digits" and report["reference_samples"] == 1797
     assert report["kid"]["subset_size"] == 12 and report["kid"]["library"].startswith("torchmetrics")
+    assert report["inception_score"]["splits"] == 6 and report["inception_score"]["baseline"] >= 1.0
     digits = FeatureNet(nets[0], "inception").stats(load_data("digits", (1, 8, 8)))
     assert torch.allclose(load_stats(stats).mu, digits.mu)
     again = parse_json(cli(*common, "--reference-stats", stats))["features"]
@@ -118,9 +136,11 @@ def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
     assert again["kid"] is None  # statistics alone: no real features for the KID
     text = cli(*common[:-3], "--inception-weights", nets[0], "--reference-stats", stats)
     assert "FID to" in text.stdout and "(1797 real, 12 generated)" in text.stdout and "KID" not in text.stdout
-    assert "KID (torchmetrics" in cli(*common[:-3], "--inception-weights", nets[0], "--data", "digits").stdout
+    with_data = cli(*common[:-3], "--inception-weights", nets[0], "--data", "digits").stdout
+    assert "KID (torchmetrics" in with_data and "Inception Score (torchmetrics" in with_data
     other = parse_json(cli(*common[:-2], "--feature-net", nets[1], "--data", "digits"))["features"]
     assert other["metric"] == "fd_features" and other["network"].startswith("torchscript:")
+    assert other["inception_score"] is None  # not an ImageNet classifier
 
 
 @pytest.mark.parametrize("options,fragment", [
@@ -151,5 +171,5 @@ def test_stats_of_another_size_are_refused(nets, tmp_path):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(3), sigma=np.eye(3))
     reference = feature_reference(net, (1, 8, 8), stats=tmp_path / "ref.npz")
     with pytest.raises(UsageError) as info:
-        reference.distances(torch.zeros(4, 1, 8, 8))
+        reference.scores(torch.zeros(4, 1, 8, 8))
     assert_one_line(info, "statistics have 3 features, the feature network gives 6")
