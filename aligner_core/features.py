@@ -97,9 +97,6 @@ class FeatureNet:
         the Inception Score of the original TF code (and StyleGAN2-ADA's) uses."""
         return self._outputs(x, batch_size, no_output_bias=True)
 
-    def stats(self, x: torch.Tensor, batch_size: int = 64) -> FeatureStats:
-        return FeatureStats.of(self.features(x, batch_size), self.id)
-
 
 def load_stats(path: Path, expected_net: str | None = None) -> FeatureStats:
     path = Path(path)

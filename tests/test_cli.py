@@ -1,8 +1,6 @@
 """The command line, in-process through Typer's CliRunner."""
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

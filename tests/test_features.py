@@ -54,7 +54,7 @@ def test_inception_gets_rgb_0_255_and_stats_round_trip(nets, tmp_path):
     features = net.features(gray)
     expected = StandInInception()(((gray + 1) * 127.5).round().expand(-1, 3, -1, -1), return_features=True)
     assert torch.allclose(features, expected.to(torch.float64))
-    stats = net.stats(torch.rand(10, 1, 8, 8) * 2 - 1)
+    stats = FeatureStats.of(net.features(torch.rand(10, 1, 8, 8) * 2 - 1), net.id)
     path = save_stats(stats, tmp_path / "s.npz")
     back = load_stats(path, net.id)
     assert torch.equal(back.mu, stats.mu) and torch.equal(back.sigma, stats.sigma)
@@ -129,7 +129,8 @@ def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
     assert report["metric"] == "fid" and report["reference"] == "digits" and report["reference_samples"] == 1797
     assert report["kid"]["subset_size"] == 12 and report["kid"]["library"].startswith("torchmetrics")
     assert report["inception_score"]["splits"] == 6 and report["inception_score"]["baseline"] >= 1.0
-    digits = FeatureNet(nets[0], "inception").stats(load_data("digits", (1, 8, 8)))
+    inception = FeatureNet(nets[0], "inception")
+    digits = FeatureStats.of(inception.features(load_data("digits", (1, 8, 8))), inception.id)
     assert torch.allclose(load_stats(stats).mu, digits.mu)
     again = parse_json(cli(*common, "--reference-stats", stats))["features"]
     assert (again["baseline"], again["aligned"]) == (report["baseline"], report["aligned"])
@@ -156,7 +157,8 @@ def test_eval_fid_with_data_then_saved_stats(cli, tiny_ckpt, tmp_path, nets):
 def test_feature_distance_errors(cli, tiny_ckpt, tmp_path, nets, options, fragment):
     taus = tmp_path / "taus.json"
     assert cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", taus, *FAST).exit_code == 0
-    stats = save_stats(FeatureNet(nets[0], "inception").stats(torch.rand(4, 1, 8, 8)), tmp_path / "stats.npz")
+    net = FeatureNet(nets[0], "inception")
+    stats = save_stats(FeatureStats.of(net.features(torch.rand(4, 1, 8, 8)), net.id), tmp_path / "stats.npz")
     (tmp_path / "notjit.pt").write_bytes(b"not a network")
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 8, 8)))
     names = {"INC": nets[0], "FEAT": nets[1], "STATS": stats, "NOTJIT": tmp_path / "notjit.pt",

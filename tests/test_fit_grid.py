@@ -11,7 +11,7 @@ from dpm_align.aligner_core.samplers import StepContext, run_sampler
 from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.aligner_core.trajectory import make_grid
 from tests.conftest import parse_json
-from tests.test_cli import FAST, one_line_error
+from tests.test_cli import one_line_error
 
 SHAPE = (1, 8, 8)
 GMM = "gmm:dim=16,components=3"
