@@ -28,7 +28,7 @@ from .artifact import (
     read_artifact,
     utc_now,
 )
-from .compare import Candidate, paired_trajectories, refine_grid
+from .compare import REFERENCE_SOLVER, Candidate, paired_trajectories, reference_nfe_of, union_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
 from .features import FeatureReference
@@ -40,7 +40,8 @@ from .progress import Progress
 from .samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
 from .schedule import NoiseSchedule
 from .trajectory import make_grid, resolve_rho
-from .validation import validate
+from .validation import ValidationSettings, validate
+from .verdict import mean_ratio_change
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
 
@@ -57,7 +58,6 @@ class SamplingPlan:
     grid: tuple[float, ...]  # the grid sampled on
     eval_times: tuple[float, ...]  # the plain sampler's network time of every evaluation
     gammas: GammaTable | None = None  # analytic samplers only
-    fit_grid: bool = False  # --fit-grid: the artifact's grid is fitted (its key says so)
     base_grid: tuple[float, ...] | None = None  # with a fitted grid: the kind's grid (the baseline's)
 
     def with_grid(self, grid: Sequence[float], schedule: NoiseSchedule) -> "SamplingPlan":
@@ -87,7 +87,7 @@ class SamplingPlan:
 
     @classmethod
     def make(cls, schedule: NoiseSchedule, sampler: str, eta: float | None, trajectory: str, nfe: int,
-             rho: float | None = None, fit_grid: bool = False) -> "SamplingPlan":
+             rho: float | None = None) -> "SamplingPlan":
         per = get_sampler(sampler).evals_per_step
         eta = resolve_eta(sampler, eta)
         limit = per * schedule.num_train_timesteps
@@ -98,16 +98,14 @@ class SamplingPlan:
             raise UsageError(f"--nfe {nfe} is not a multiple of {per}: {sampler} makes {per} network evaluations per step")
         grid = make_grid(trajectory, nfe // per, schedule, rho)
         return cls(sampler, eta, trajectory, nfe, resolve_rho(trajectory, rho), tuple(grid),
-                   tuple(nominal_eval_times(sampler, grid, schedule)), fit_grid=fit_grid)
+                   tuple(nominal_eval_times(sampler, grid, schedule)))
 
     @classmethod
     def make_with_defaults(cls, schedule: NoiseSchedule, sampler: str | None, eta: float | None,
-                           trajectory: str | None, nfe: int | None, rho: float | None = None,
-                           fit_grid: bool = False) -> "SamplingPlan":
+                           trajectory: str | None, nfe: int | None, rho: float | None = None) -> "SamplingPlan":
         """``make`` with the defaults (ddim, uniform, NFE 10) for the options left out (None)."""
         return cls.make(schedule, DEFAULT_SAMPLER if sampler is None else sampler, eta,
-                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe, rho,
-                        fit_grid)
+                        DEFAULT_TRAJECTORY if trajectory is None else trajectory, DEFAULT_NFE if nfe is None else nfe, rho)
 
     @property
     def steps(self) -> int:
@@ -115,7 +113,7 @@ class SamplingPlan:
 
     @property
     def label(self) -> str:
-        return trajectory_label(self.trajectory, self.rho, self.fit_grid)
+        return trajectory_label(self.trajectory, self.rho)
 
     def key(self, model: LoadedModel) -> str:
         return artifact_key(model.info.sha256, self.sampler, self.eta, self.label, self.nfe, model.eps.conditioning)
@@ -127,7 +125,7 @@ class SamplingPlan:
             nfe=self.nfe,
             steps=self.steps,
             rho=self.rho,
-            fitted=self.fit_grid,
+            fitted=self.base_grid is not None,
             timesteps=list(self.grid),
             alphas=schedule.alpha(grid).tolist(),
             sigmas=schedule.sigma(grid).tolist(),
@@ -145,10 +143,9 @@ def align(
     validation: ValidationSettings | None = None,
     progress: Progress | None = None,
 ) -> TauArtifact:
-    """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact; with
-    ``validation``, also measure baseline vs aligned on held-out seeds."""
-    if plan.fit_grid != config.fit_grid:
-        raise UsageError("--fit-grid must be given both to the plan and to the fit settings")
+    """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact (keyed by ``plan``;
+    on a fitted grid when the winning candidate fits it); with ``validation``, also the verdict of
+    baseline vs aligned on held-out seeds."""
     images = load_data(data, model.sample_shape) if data is not None else None
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
@@ -159,12 +156,10 @@ def align(
         plan = plan.with_grid(result.grid, model.eps.schedule)
     checked = None
     if validation is not None:
-        if progress:
-            progress(0, 1, f"validating on {validation.num_samples} held-out samples")
         checked = validate(model.eps, plan.baseline_grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
-                           num_samples=validation.num_samples, reference_nfe=validation.reference_nfe,
-                           batch_size=config.batch_size, seed=seed, device=device, gamma=plan.gammas,
-                           aligned_grid=plan.grid if plan.base_grid is not None else None)
+                           validation, batch_size=max(config.batch_size, 64), seed=seed, device=device,
+                           gamma=plan.gammas, aligned_grid=plan.grid if plan.base_grid is not None else None,
+                           progress=progress)
     return TauArtifact(
         dpm_align_version=__version__,
         created=utc_now(),
@@ -178,7 +173,7 @@ def align(
             strategy=config.strategy,
             objective=config.objective,
             optimizer=config.optimizer,
-            settings=config.model_dump(),
+            settings=config.model_dump(mode="json"),
             num_samples=config.num_samples,
             iterations=config.iterations,
             seed=seed,
@@ -187,6 +182,8 @@ def align(
             seconds=round(result.seconds, 3),
             loss_before=result.loss_before,
             loss_after=result.loss_after,
+            candidate=result.candidate,
+            candidates=result.candidates,
         ),
         validation=checked,
         analytic=plan.gammas,
@@ -194,20 +191,13 @@ def align(
     )
 
 
-@dataclass(frozen=True)
-class ValidationSettings:
-    num_samples: int = 32
-    reference_nfe: int = 100
-
-
 def not_better_message(artifact: TauArtifact) -> str | None:
     """None when the artifact validated as better (or was not validated), else why not."""
     v = artifact.validation
     if v is None or v.better:
         return None
-    changes = v.changes()
-    return (f"the aligned taus are not better than the plain sampler on {v.num_samples} held-out samples "
-            f"({changes}; decided by {' and '.join(v.decided_by)})")
+    shown = "worse than" if v.verdict == "worse" else "not shown better than"
+    return f"the aligned taus are {shown} the plain sampler: {v.summary()}"
 
 
 def resolve_plan(
@@ -218,28 +208,24 @@ def resolve_plan(
     trajectory: str | None,
     nfe: int | None,
     rho: float | None = None,
-    fit_grid: bool = False,
     taus_path: Path | None = None,
     use_taus: bool = True,
     device: torch.device | str = "cpu",
 ) -> tuple[SamplingPlan, TauArtifact | None, Path | None]:
     """The plan to sample with and its artifact: ``taus_path`` if given (its settings fill the
-    options left out, and must agree with those given; a fitted grid comes from the file), else
-    the cache entry for the plan's key (``fit_grid``: the entry fitted with ``--fit-grid``).
-    ``use_taus=False`` is the plain sampler."""
+    options left out, and must agree with those given), else the cache entry for the plan's key;
+    a fitted grid comes from the artifact. ``use_taus=False`` is the plain sampler."""
     schedule = model.eps.schedule
     if taus_path is not None and use_taus:
         artifact = read_artifact(taus_path)
-        fitted = artifact.trajectory.fitted
-        label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho), fitted)
+        label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho))
         check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=label, nfe=nfe,
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta),
                                conditioning=model.eps.conditioning, path=taus_path)
         traj = artifact.trajectory
-        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho,
-                                 fitted)
+        plan = SamplingPlan.make(schedule, artifact.sampler.name, artifact.sampler.eta, traj.kind, traj.nfe, traj.rho)
         return _with_artifact(plan, artifact, model, taus_path, device), artifact, Path(taus_path)
-    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho, fit_grid)
+    plan = SamplingPlan.make_with_defaults(schedule, sampler, eta, trajectory, nfe, rho)
     if not use_taus:
         return plan.with_gammas(model, device=device), None, None
     path = cache_path(plan.key(model))
@@ -258,7 +244,7 @@ def resolve_plan(
 def _with_artifact(plan: SamplingPlan, artifact: TauArtifact, model: LoadedModel, path: Path,
                    device: torch.device | str) -> SamplingPlan:
     """The plan with the artifact's fitted grid (if any) and Gamma table (analytic samplers)."""
-    if plan.fit_grid:
+    if artifact.trajectory.fitted:
         check_fitted_grid(plan.grid, artifact.trajectory.timesteps, path)
         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
     return plan.with_gammas(model, table=artifact.analytic, device=device)
@@ -379,13 +365,14 @@ class GapReport(BaseModel):
     reference: str
     reference_nfe: int
     timesteps: list[float]
-    timesteps_aligned: list[float] | None = None  # --fit-grid artifacts: the fitted grid
+    timesteps_aligned: list[float] | None = None  # artifacts on a fitted grid: that grid
     taus: list[float]
     gap_baseline: list[float]
     gap_aligned: list[float]
     end_gap_baseline: float
     end_gap_aligned: float
     end_gap_ratio: float
+    end_gap_interval: tuple[float, float] | None = None  # 95% interval of end_gap_ratio (paired, see verdict.py)
     frechet_pixel_baseline: float
     frechet_pixel_aligned: float
     ablation: list[AblationRow] | None = None
@@ -429,7 +416,8 @@ def trajectory_gap(
     taken at the fitted grid's points (``timesteps_aligned``)."""
     fitted = plan.base_grid is not None
     if fitted and ablation:
-        raise UsageError("--ablation aligns the first k steps of one grid; it does not apply to a fitted grid (--fit-grid)")
+        raise UsageError("--ablation aligns the first k steps of one grid; it does not apply to taus on a fitted grid "
+                         "(trajectory.fitted in the artifact)")
     candidates: dict[str, Candidate] = {"baseline": None, "aligned": (plan.grid, taus) if fitted else taus}
     per = len(plan.eval_times) // plan.steps
     if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
@@ -446,6 +434,8 @@ def trajectory_gap(
             sums[name] += torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
                                         for a, r in zip(states[name], reference)], dtype=torch.float64)
     reference = torch.cat(ends["reference"])
+    end_errors = [(torch.cat(ends[name]) - reference).flatten(1).norm(dim=1) for name in ("baseline", "aligned")]
+    change = mean_ratio_change(*end_errors, 0.95)
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
@@ -457,11 +447,13 @@ def trajectory_gap(
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.label, nfe=plan.nfe, num_samples=num_samples, seed=seed,
-        reference="ddim eta=0, every interval subdivided", reference_nfe=refine_grid(plan.grid, reference_nfe)[1] * plan.steps,
+        reference=f"{REFERENCE_SOLVER}, every interval cut uniformly in log-SNR",
+        reference_nfe=reference_nfe_of(union_grid(plan.baseline_grid, candidates), reference_nfe, model.eps.schedule),
         timesteps=list(plan.baseline_grid), timesteps_aligned=list(plan.grid) if fitted else None,
         taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
+        end_gap_interval=None if change.low is None else (1 + change.low, 1 + change.high),
         frechet_pixel_baseline=frechet["baseline"], frechet_pixel_aligned=frechet["aligned"], ablation=rows,
         features=feature_report,
     )

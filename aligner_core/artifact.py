@@ -22,10 +22,11 @@ from .schedule import ScheduleSpec
 from .analytic import GammaTable
 from .atomic import atomic_file
 from .model import Conditioning
-from .validation import Validation
+from .fit import CandidateFit
+from .validation import Validation, upgrade_v3
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class _Strict(BaseModel):
@@ -51,8 +52,8 @@ class TrajectoryInfo(_Strict):
     nfe: int = Field(description="network evaluations = steps x evaluations per step")
     steps: int = Field(description="K, the number of sampler steps")
     rho: float | None = Field(None, description="edm trajectory only")
-    fitted: bool = Field(False, description="--fit-grid: the interior timesteps were fitted (ends kept), they are "
-                         "not the kind's grid")
+    fitted: bool = Field(False, description="the interior timesteps were fitted (ends kept): the sampler runs on "
+                         "them, not on the kind's grid")
     timesteps: list[float] = Field(description="K+1 grid points, sampling order, first = start")
     alphas: list[float]
     sigmas: list[float]
@@ -68,7 +69,7 @@ class TrajectoryInfo(_Strict):
 
     @property
     def label(self) -> str:
-        return trajectory_label(self.kind, self.rho, self.fitted)
+        return trajectory_label(self.kind, self.rho)
 
 
 class FitInfo(_Strict):
@@ -84,10 +85,12 @@ class FitInfo(_Strict):
     seconds: float
     loss_before: list[float | None]
     loss_after: list[float | None]
+    candidate: str | None = Field(None, description="joint fits: the winning candidate (taus, grid+taus, grid)")
+    candidates: dict[str, CandidateFit] | None = Field(None, description="joint fits: every candidate's held-out loss")
 
 
 class TauArtifact(_Strict):
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     dpm_align_version: str
     created: datetime
     key: str
@@ -97,7 +100,7 @@ class TauArtifact(_Strict):
     taus: list[float] = Field(description="one per network evaluation, sampling order, network time units")
     eval_times: list[float] = Field(description="the plain sampler's network time of each evaluation (what taus replace)")
     fit: FitInfo
-    validation: Validation | None = Field(None, description="baseline vs aligned on held-out seeds (align --validate)")
+    validation: Validation | None = Field(None, description="the verdict: baseline vs aligned on held-out seeds")
     analytic: GammaTable | None = Field(None, description="analytic samplers: Gamma_t at every step time")
     conditioning: Conditioning | None = Field(None, description="class-conditional models: labels and guidance; "
                                               "None = unconditional")
@@ -118,11 +121,10 @@ class TauArtifact(_Strict):
         return self
 
 
-def trajectory_label(kind: str, rho: float | None = None, fitted: bool = False) -> str:
-    """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``), plus
-    ``-fitgrid`` when the grid itself was fitted (``uniform-fitgrid``)."""
-    label = f"{kind}-rho{rho:g}" if rho is not None else kind
-    return f"{label}-fitgrid" if fitted else label
+def trajectory_label(kind: str, rho: float | None = None) -> str:
+    """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``). A fitted
+    grid is keyed by its kind: it is what was asked for."""
+    return f"{kind}-rho{rho:g}" if rho is not None else kind
 
 
 def check_fitted_grid(base: Sequence[float], fitted: Sequence[float], where: str | Path) -> None:
@@ -143,11 +145,24 @@ def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, n
 
 
 def upgrade(data: dict) -> dict:
-    """An older schema's document as schema v3. v1 -> v2 (one evaluation per step): add
-    trajectory.steps/rho and eval_times; v2 -> v3 only added the optional ``conditioning``."""
+    """An older schema's document as schema v4. v1 -> v2 (one evaluation per step): add
+    trajectory.steps/rho and eval_times; v2 -> v3 only added the optional ``conditioning``; v3 ->
+    v4: a fitted grid is keyed by its kind (``-fitgrid`` leaves the key), and the validation block
+    becomes a verdict (v3's point estimates kept, without intervals)."""
     if data.get("schema_version") == 1:
         data = _upgrade_v1(data)
-    return dict(data, schema_version=3) if data.get("schema_version") == 2 else data
+    if data.get("schema_version") == 2:
+        data = dict(data, schema_version=3)
+    if data.get("schema_version") == 3:
+        data = dict(data, schema_version=4)
+        if isinstance(data.get("key"), str):
+            data["key"] = data["key"].replace("-fitgrid-nfe", "-nfe")
+        if isinstance(data.get("validation"), dict):
+            try:
+                data["validation"] = upgrade_v3(data["validation"])
+            except (KeyError, TypeError, ZeroDivisionError):
+                pass  # left as it is: schema validation names the problem
+    return data
 
 
 def _upgrade_v1(data: dict) -> dict:

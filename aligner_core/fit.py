@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UsageError
 from .progress import Progress
-from .compare import refine_grid
+from .compare import REFERENCE_SOLVER, reference_grid, refine_grid
 from .model import bind_labels, conditioning_of
 from .samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
 from .schedule import NoiseSchedule
@@ -47,8 +47,14 @@ class FitConfig(BaseModel):
     fresh_noise: bool = Field(False, description="draw new x_T / x_0 every adam iteration (Algorithm 1 lines 3-5)")
     tune_last_step: bool = Field(False, description="also fit the final step to t_0")
     window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
-    teacher_steps: int = Field(20, ge=2, description="teacher and joint objectives: DDIM sub-steps per interval")
-    fit_grid: bool = Field(False, description="joint objective, ddim: also fit the grid's interior points (LD3)")
+    teacher_steps: int = Field(20, ge=2, description="teacher objective: DDIM sub-steps per interval")
+    teacher_nfe: int = Field(60, ge=2, description="joint objective: network evaluations of the teacher (DPM-Solver-2, "
+                             "log-SNR sub-steps, at least 2 per interval)")
+    candidates: tuple[Literal["taus", "grid+taus", "grid"], ...] | None = Field(
+        None, description="joint objective: what to fit (taus alone, the grid's interior points with the taus, the grid "
+        "alone; the grid needs ddim); the one with the lowest held-out loss wins. None: taus and grid+taus for ddim, else taus")
+    holdout: int = Field(32, ge=1, description="joint objective: held-out noises that pick the best iterate and candidate")
+    eval_every: int = Field(10, ge=1, description="joint objective: Adam steps between held-out evaluations")
 
 
 PRESETS: dict[str, FitConfig] = {
@@ -56,10 +62,9 @@ PRESETS: dict[str, FitConfig] = {
     "golden": FitConfig(),
     # The official implementation's settings (see module docstring).
     "official": FitConfig(optimizer="adam", lr=2e-3, iterations=500, batch_size=64, fresh_noise=True),
-    # All taus jointly against the end point of a DDIM teacher with 5 sub-steps per interval; lr in
-    # units of the step width (tau = t + delta * (t - s)), iterations = Adam steps in all.
-    "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=50, batch_size=8, num_samples=64,
-                       teacher_steps=5),
+    # All taus jointly against the end point of a DPM-Solver-2 teacher with at least 60 evaluations;
+    # lr in units of the step width (tau = t + delta * (t - s)), iterations = Adam steps per candidate.
+    "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=50, batch_size=8, num_samples=64),
 }
 # ``default`` is chosen by measurement (docs/RESULTS.md): ``joint`` for deterministic samplers,
 # ``golden`` for stochastic ones (the joint objective needs eta = 0) and whenever the objective,
@@ -86,8 +91,9 @@ def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool
     if values["objective"] == "joint" and (values["optimizer"] != "adam" or values["strategy"] != "sequential"):
         raise UsageError("the joint objective fits all taus together with adam from noise; use --preset joint "
                          "(not --optimizer golden or --strategy parallel)")
-    if values.get("fit_grid") and values["objective"] != "joint":
-        raise UsageError("--fit-grid fits the grid together with all taus against the teacher; use it with --preset joint")
+    if values.get("candidates") is not None and values["objective"] != "joint":
+        raise UsageError("--candidates chooses among joint fits (taus, grid+taus, grid); use it with the default or "
+                         "--preset joint")
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     try:
@@ -243,13 +249,24 @@ OPTIMIZERS: dict[str, Optimizer] = {"golden": golden_search, "adam": adam_ratio}
 
 
 # ---------------------------------------------------------------- the fit
+class CandidateFit(BaseModel):
+    """One joint-fit candidate: its loss on the held-out noises at its best iterate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    holdout_loss: float
+    best_iteration: int  # Adam steps taken at the kept iterate; 0 = the plain sampler was not beaten
+
+
 @dataclass
 class FitResult:
     taus: list[float]
     loss_before: list[float | None]
     loss_after: list[float | None]
     seconds: float
-    grid: list[float] | None = None  # --fit-grid: the fitted grid (K+1 points, same ends)
+    grid: list[float] | None = None  # the fitted grid (K+1 points, same ends) when the winner fits it
+    candidate: str | None = None  # joint: the winning candidate
+    candidates: dict[str, CandidateFit] | None = None  # joint: every candidate's held-out result
 
 
 def fit_taus(
@@ -274,8 +291,10 @@ def fit_taus(
     if objective_needs_eta0(config.objective) and stochastic:
         raise UsageError(f"the {config.objective} objective matches a deterministic teacher; use it with a deterministic "
                          "sampler (ddim, dpm-solver-2, edm-heun)")
-    if config.fit_grid and sampler != "ddim":
-        raise UsageError(f"--fit-grid supports the ddim sampler only, not {sampler}")
+    grid_candidates = [c for c in config.candidates or () if c != "taus"]
+    if grid_candidates and sampler != "ddim":
+        raise UsageError(f"fitting the grid (--candidates {','.join(grid_candidates)}) supports the ddim sampler only, "
+                         f"not {sampler}; use --candidates taus")
     if config.objective == "joint":
         return fit_joint(eps, schedule, grid, sampler, config, sample_shape, seed=seed, device=device, progress=progress)
     if config.strategy == "parallel" and data is None:
@@ -364,6 +383,11 @@ def fit_taus(
     return FitResult(taus, before, after, time.perf_counter() - start)
 
 
+JOINT_CANDIDATES = ("taus", "grid+taus", "grid")
+DEFAULT_CANDIDATES = ("taus", "grid+taus")  # ddim; "grid" alone rarely won on the mixture (docs/RESULTS.md)
+POOL_PER_PARAMETER = 4  # fitting noises per fitted number, at least
+
+
 def fit_joint(
     eps: EpsFn,
     schedule: NoiseSchedule,
@@ -378,61 +402,95 @@ def fit_joint(
 ) -> FitResult:
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
     delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean squared distance of the
-    sampler's end point to a DDIM teacher's (``teacher_steps`` sub-steps per interval) from the same
-    x_T, the learning rate decaying to 0 on a cosine. Deterministic samplers only. The result is
-    kept only if it lowers the pool's loss, else the plain times are returned. ``loss_before`` /
-    ``loss_after`` hold that end-point loss for every evaluation.
+    sampler's end point to a teacher's from the same x_T (the reference solver of ``compare``,
+    DPM-Solver-2 with log-SNR sub-steps, ``teacher_nfe`` evaluations at least), the learning rate decaying
+    to 0 on a cosine. Deterministic samplers only.
 
-    With ``config.fit_grid`` (ddim) the interior grid points are fitted too, as LD3 learns both
+    Candidates (``config.candidates``; ddim: taus and grid+taus by default, other samplers: taus): ``taus``
+    alone on the given grid; ``grid+taus``, the interior grid points fitted too, as LD3 learns both
     time sets: t_j = t_K (1 - sum_{k<=j} softmax(z)_k), which keeps the ends and the order, with z
-    starting at the given grid; each tau is then t_j + delta_j (t_j - t_{j+1}) on the fitted grid."""
+    starting at the given grid, and tau_j = t_j + delta_j (t_j - t_{j+1}); ``grid`` alone (tau_j =
+    t_j on the fitted grid). The pool has at least ``POOL_PER_PARAMETER`` noises per fitted number.
+    Every ``eval_every`` steps the loss on ``holdout`` further noises (teacher from the same x_T) is
+    measured; each candidate keeps its best iterate, the plain sampler (iterate 0) included, and the
+    candidate with the lowest held-out loss wins. ``loss_before`` / ``loss_after`` hold the held-out
+    loss of the plain sampler and of the winner for every evaluation."""
     start = time.perf_counter()
     spec = get_sampler(sampler)
+    names = config.candidates or (DEFAULT_CANDIDATES if sampler == "ddim" else ("taus",))
     gen = torch.Generator().manual_seed(int(seed))
     steps, per = len(grid) - 1, spec.evals_per_step
     base = torch.tensor(grid, dtype=torch.float64, device=device)
-    logits = torch.log(base[:-1] - base[1:]).requires_grad_(config.fit_grid)
-
-    def grid_of(z: torch.Tensor) -> torch.Tensor:
-        if not config.fit_grid:
-            return base
-        inner = base[0] - (base[0] - base[-1]) * torch.cumsum(torch.softmax(z, 0), 0)[:-1]
-        return torch.cat([base[:1], inner, base[-1:]])
-
-    def taus_of(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        if config.fit_grid:  # ddim: one evaluation per step, at t_j
-            return g[:-1] + d * (g[:-1] - g[1:])
-        return nominal + widths * d
-
     nominal = torch.tensor(nominal_eval_times(sampler, grid, schedule), dtype=torch.float64, device=device)
     widths = torch.tensor([grid[j] - grid[j + 1] for j in range(steps) for _ in range(per)], dtype=torch.float64,
                           device=device)
+    parameters = max((len(nominal) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
+    n = max(config.num_samples, POOL_PER_PARAMETER * parameters)
     cond = conditioning_of(eps)
-    n = config.num_samples
-    x_T = torch.randn((n, *sample_shape), generator=gen, dtype=torch.float64).to(device)
-    labels = None if cond is None else cond.random_labels(n, gen).to(device)
-    fine, _ = refine_grid(grid, config.teacher_steps * steps)
+    x_T = torch.randn((n + config.holdout, *sample_shape), generator=gen, dtype=torch.float64).to(device)
+    labels = None if cond is None else cond.random_labels(n + config.holdout, gen).to(device)
+    fine, _ = reference_grid(grid, 0, schedule, math.ceil(config.teacher_nfe / (2 * steps)))
     ctx = StepContext(schedule, 0.0)
     with torch.no_grad():
-        teacher = torch.cat([run_sampler("ddim", bind_labels(eps, b.labels), b.x_t, fine, None, ctx)
+        teacher = torch.cat([run_sampler(REFERENCE_SOLVER, bind_labels(eps, b.labels), b.x_t, fine, None, ctx)
                              for b in Batch(x_T, None, labels).batches(config.batch_size)])
-    pool = Batch(x_T, None, labels, teacher)
+    everything = Batch(x_T, None, labels, teacher)
+    pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
         return (out - batch.target).square().flatten(1).mean(1)
 
-    def pool_loss(g: torch.Tensor, taus: torch.Tensor) -> float:
+    def holdout_loss(g: torch.Tensor, taus: torch.Tensor) -> float:
         with torch.no_grad():
-            return sum(float(losses(b, g, taus).sum()) for b in pool.batches(config.batch_size)) / pool.size
+            return sum(float(losses(b, g, taus).sum()) for b in holdout.batches(config.batch_size)) / holdout.size
 
-    before = pool_loss(base, nominal)
-    delta = torch.zeros_like(nominal, requires_grad=True)
-    opt = torch.optim.Adam([delta, logits] if config.fit_grid else [delta], lr=config.lr)
+    plain = holdout_loss(base, nominal)
+    fits: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}
+    for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
+        # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
+        warm = fits["taus"] if name == "grid+taus" and "taus" in fits else None
+        fits[name] = _fit_candidate(name, k, base, nominal, widths, warm, pool, losses, holdout_loss, plain, config,
+                                    seed, progress)
+    winner = min(fits, key=lambda name: fits[name][0].holdout_loss)
+    result, fitted_grid, fitted = fits[winner]
+    if progress:
+        progress(config.iterations, config.iterations, "done")
+    count = len(nominal)
+    return FitResult([float(v) for v in fitted.clamp(min=0.0)], [plain] * count, [result.holdout_loss] * count,
+                     time.perf_counter() - start,
+                     [float(v) for v in fitted_grid] if winner != "taus" and result.best_iteration else None, winner,
+                     {name: fit[0] for name, fit in fits.items()})
+
+
+def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Tensor, widths: torch.Tensor,
+                   start: tuple | None, pool: Batch, losses, holdout_loss, plain: float, config: FitConfig, seed: int,
+                   progress: Progress | None) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
+    """Adam on one candidate's parameters (see ``fit_joint``), from the plain times or from ``start``
+    (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss."""
+    gen = torch.Generator().manual_seed(int(seed) * 7919 + index)
+    logits = torch.log(base[:-1] - base[1:]).requires_grad_(name != "taus")
+    initial = torch.zeros_like(nominal) if start is None else (start[2] - nominal) / widths
+    delta = initial.clone().requires_grad_(name != "grid")
+
+    def grid_of(z: torch.Tensor) -> torch.Tensor:
+        if name == "taus":
+            return base
+        inner = base[0] - (base[0] - base[-1]) * torch.cumsum(torch.softmax(z, 0), 0)[:-1]
+        return torch.cat([base[:1], inner, base[-1:]])
+
+    def taus_of(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        if name == "taus":
+            return nominal + widths * d
+        return g[:-1] + d * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
+
+    best = (CandidateFit(holdout_loss=plain, best_iteration=0), base, nominal) if start is None else \
+        (CandidateFit(holdout_loss=start[0].holdout_loss, best_iteration=0), base, start[2])
+    opt = torch.optim.Adam([p for p in (delta, logits) if p.requires_grad], lr=config.lr)
     # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
     # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations)
-    for it in range(config.iterations):
+    for it in range(1, config.iterations + 1):
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
         g = grid_of(logits)
         loss = losses(batch, g, taus_of(g, delta)).mean()
@@ -440,16 +498,13 @@ def fit_joint(
         loss.backward()
         opt.step()
         decay.step()
-        if progress and it % 10 == 0:
-            progress(it, config.iterations, f"joint: iteration {it + 1}/{config.iterations}, loss {float(loss.detach()):.4g}")
-    with torch.no_grad():
-        fitted_grid = grid_of(logits.detach())
-        fitted = taus_of(fitted_grid, delta.detach()).clamp(min=0.0)
-    after = pool_loss(fitted_grid, fitted)
-    if after >= before:
-        fitted_grid, fitted, after = base, nominal, before
-    if progress:
-        progress(config.iterations, config.iterations, "done")
-    count = len(nominal)
-    return FitResult([float(v) for v in fitted], [before] * count, [after] * count, time.perf_counter() - start,
-                     [float(v) for v in fitted_grid] if config.fit_grid else None)
+        if it % config.eval_every == 0 or it == config.iterations:
+            with torch.no_grad():
+                g = grid_of(logits.detach())
+                taus = taus_of(g, delta.detach())
+            held = holdout_loss(g, taus)
+            if held < best[0].holdout_loss:
+                best = (CandidateFit(holdout_loss=held, best_iteration=it), g, taus)
+            if progress:
+                progress(it, config.iterations, f"joint {name}: step {it}/{config.iterations}, held-out loss {held:.4g}")
+    return best

@@ -1,76 +1,119 @@
-"""Self-validation of fitted taus on held-out seeds: are they better than the plain sampler?
+"""The verdict of ``align``: are the fitted taus better than the plain sampler? (held-out seeds)
 
-Baseline and aligned samplers start from the same held-out noise; both are compared with a
-high-NFE deterministic reference (DDIM, every interval subdivided) from that noise:
-- ``end_l2``: mean L2 distance of the end points to the reference end points;
-- ``frechet_pixel``: Fréchet distance in pixel space between the end points and the reference
-  samples (a distribution distance: the two can disagree, see issue notes in docs/).
-The taus count as better when no metric gets worse and at least one improves. For stochastic
-samplers (eta > 0, analytic) the same-noise distance to an ODE reference is not meaningful; only the
-Fréchet distance is used to decide, the L2 is still recorded.
+Baseline and aligned samplers start from the same held-out noise and are compared with an accurate
+reference from that noise (``compare``; its own error is estimated and recorded). Per metric the
+paired relative change gets a confidence interval (``verdict``):
+- ``end_l2``: mean per-sample end-point L2 to the reference (decides for deterministic samplers);
+- ``kernel``: unbiased MMD^2 of the end points to the reference's (a distribution distance that is
+  meaningful at a few hundred samples, unlike a Fréchet distance in thousands of dimensions).
+The verdict is *worse* when a deciding metric's interval is above 0, *better* when the first
+deciding metric's interval is below 0 (and none is worse), else *inconclusive*. Stochastic samplers
+(eta > 0, analytic) are decided by ``kernel`` alone: the same-noise distance to an ODE reference
+is not meaningful for them (it is still recorded).
+
+Sequential: the rule is checked at ``num_samples``, twice that, ... up to ``max_samples`` (and
+within ``budget_s``); each look uses a (1 - (1 - confidence) / looks) interval (Bonferroni over the
+planned looks), so a sampler that is not better is accepted with probability at most
+(1 - confidence) / 2 when the intervals hold their level. Inconclusive at the last look = not
+shown better.
 """
 
 from __future__ import annotations
 
-import math
+import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .compare import Candidate, paired_trajectories, refine_grid
-from .metrics import frechet_distance, mean_l2
+from .compare import REFERENCE_SOLVER, paired_trajectories, reference_error, reference_nfe_of, union_grid
+from .progress import Progress
 from .samplers import is_stochastic
+from .verdict import Change, Verdict, kernel_change, mean_ratio_change
 
 HELD_OUT_SEED_OFFSET = 1_000_000  # validation seeds never overlap the fitting seeds
+REFERENCE_ERROR_SAMPLES = 32
+METRIC_WORDS = {"end_l2": "end-point error", "kernel": "kernel distance", "frechet_pixel": "pixel Fréchet distance"}
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    num_samples: int = 128  # the first look
+    max_samples: int = 512  # the last look
+    reference_nfe: int = 100  # network evaluations of the reference, at least
+    confidence: float = 0.95  # family-wise over the looks
+    budget_s: float | None = None  # no further look once the next would end past this (None: no limit)
+
+    def looks(self) -> list[int]:
+        """Sample counts at which the rule is checked: n, 2n, 4n, ... and max_samples last."""
+        counts, n = [], self.num_samples
+        while n < self.max_samples:
+            counts.append(n)
+            n *= 2
+        return [*counts, max(self.max_samples, self.num_samples)]
+
+
+class MetricVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: float
+    aligned: float
+    change: float | None  # aligned / baseline - 1
+    interval: tuple[float, float] | None  # confidence interval of the change (None: point estimate only)
+    verdict: Verdict
+
+    @classmethod
+    def of(cls, c: Change) -> "MetricVerdict":
+        interval = None if c.low is None or c.high is None else (c.low, c.high)
+        return cls(baseline=c.baseline, aligned=c.aligned, change=c.change, interval=interval, verdict=c.verdict)
+
+    def describe(self, name: str) -> str:
+        words = METRIC_WORDS.get(name, name)
+        if self.change is None:
+            return f"{words} {self.baseline:.4g} -> {self.aligned:.4g}"
+        if self.interval is None:
+            return f"{words} {self.change:+.0%} ({self.baseline:.4g} -> {self.aligned:.4g}, point estimate)"
+        low, high = self.interval
+        return f"{words} {self.change:+.1%} [{low:+.1%}, {high:+.1%}]"
+
+
+class ReferenceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    solver: str
+    nfe: int
+    error_l2: float | None  # its estimated end-point error (Richardson, against half the sub-steps)
+    error_samples: int
 
 
 class Validation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    verdict: Verdict
+    better: bool  # verdict == "better"
     metrics: list[str]
     decided_by: list[str]
     baseline: dict[str, float]
     aligned: dict[str, float]
+    changes: dict[str, MetricVerdict]
+    confidence: float | None  # family-wise confidence of the intervals' verdict (None: schema v3, none)
     num_samples: int
-    reference_nfe: int
+    looks: list[int]  # sample counts at which the rule was checked
     seed: int
-    better: bool
+    reference: ReferenceInfo
 
-    def changes(self) -> str:
-        """``metric baseline -> aligned`` for every metric, for messages."""
-        return ", ".join(f"{m} {self.baseline[m]:.4g} -> {self.aligned[m]:.4g}" for m in self.metrics)
+    def summary(self) -> str:
+        """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 samples)``."""
+        level = "" if self.confidence is None else f", {self.confidence:.0%} intervals"
+        parts = ", ".join(self.changes[m].describe(m) for m in self.metrics)
+        return f"{parts} ({self.num_samples} held-out samples{level}): {self.verdict}"
 
 
-def score_candidates(
-    eps,
-    grid: Sequence[float],
-    sampler: str,
-    eta: float,
-    candidates: dict[str, Candidate],
-    sample_shape: Sequence[int],
-    *,
-    num_samples: int = 32,
-    reference_nfe: int = 100,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    gamma=None,
-) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-    """``end_l2`` and ``frechet_pixel`` of every candidate (name -> taus, None = plain sampler)
-    against one reference from the same noise (seed as given), and the end points themselves
-    (with the reference's under "reference")."""
-    ends: dict[str, list[torch.Tensor]] = {"reference": [], **{name: [] for name in candidates}}
-    for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=num_samples,
-                                      reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
-                                      gamma=gamma):
-        for name in ends:
-            ends[name].append(states[name][-1].cpu())
-    points = {name: torch.cat(chunks) for name, chunks in ends.items()}
-    ref = points["reference"]
-    scores = {name: {"end_l2": mean_l2(points[name], ref), "frechet_pixel": frechet_distance(points[name], ref)}
-              for name in candidates}
-    return scores, points
+def decide(changes: dict[str, Change], decided_by: Sequence[str]) -> Verdict:
+    if any(changes[m].verdict == "worse" for m in decided_by):
+        return "worse"
+    return "better" if changes[decided_by[0]].verdict == "better" else "inconclusive"
 
 
 def validate(
@@ -80,34 +123,72 @@ def validate(
     eta: float,
     taus: Sequence[float],
     sample_shape: Sequence[int],
+    settings: ValidationSettings = ValidationSettings(),
     *,
-    num_samples: int = 32,
-    reference_nfe: int = 100,
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
     gamma=None,
     aligned_grid: Sequence[float] | None = None,
+    progress: Progress | None = None,
 ) -> Validation:
     """Baseline (the plain sampler on ``grid``) vs the taus (on ``aligned_grid`` when the grid was
-    fitted too) on held-out seeds."""
+    fitted) on held-out seeds, looking at more samples while the verdict is inconclusive."""
     seed = seed + HELD_OUT_SEED_OFFSET
-    aligned = taus if aligned_grid is None else (aligned_grid, taus)
-    scores, _ = score_candidates(eps, grid, sampler, eta, {"baseline": None, "aligned": aligned}, sample_shape,
-                                 num_samples=num_samples, reference_nfe=reference_nfe, batch_size=batch_size,
-                                 seed=seed, device=device, gamma=gamma)
-    return judge(scores["baseline"], scores["aligned"], sampler, eta, num_samples=num_samples, seed=seed,
-                 reference_nfe=refine_grid(grid, reference_nfe)[1] * (len(grid) - 1))
-
-
-def judge(baseline: dict[str, float], aligned: dict[str, float], sampler: str, eta: float, *, num_samples: int,
-          seed: int, reference_nfe: int) -> Validation:
-    """Better = no deciding metric worse and at least one better (only FD decides for stochastic samplers)."""
-    decided_by = ["frechet_pixel"] if is_stochastic(sampler, eta) else ["end_l2", "frechet_pixel"]
-    not_worse = all(aligned[m] <= baseline[m] for m in decided_by)
-    some_better = any(aligned[m] < baseline[m] for m in decided_by)
-    finite = all(math.isfinite(v) for s in (baseline, aligned) for v in s.values())
+    candidates = {"baseline": None, "aligned": taus if aligned_grid is None else (aligned_grid, taus)}
+    union = union_grid(grid, candidates)
+    decided_by = ["kernel"] if is_stochastic(sampler, eta) else ["end_l2", "kernel"]
+    looks = settings.looks()
+    level = 1 - (1 - settings.confidence) / len(looks)
+    ends: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
+    start, done, checked = time.perf_counter(), 0, []
+    for look, n in enumerate(looks):
+        if progress:
+            progress(look, len(looks), f"validating on {n} held-out samples")
+        for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=n - done,
+                                          reference_nfe=settings.reference_nfe, seed=seed, device=device,
+                                          batch_size=batch_size, gamma=gamma, start=done):
+            for name in ends:
+                ends[name].append(states[name][-1].cpu())
+        done = n
+        checked.append(n)
+        points = {name: torch.cat(chunks) for name, chunks in ends.items()}
+        errors = {name: (points[name] - points["reference"]).flatten(1).norm(dim=1) for name in ("baseline", "aligned")}
+        changes = {"end_l2": mean_ratio_change(errors["baseline"], errors["aligned"], level),
+                   "kernel": kernel_change(points["baseline"], points["aligned"], points["reference"], level)}
+        verdict = decide(changes, decided_by)
+        elapsed = time.perf_counter() - start
+        following = looks[look + 1] if look + 1 < len(looks) else None
+        if verdict != "inconclusive" or following is None:
+            break
+        if settings.budget_s is not None and elapsed * following / n > settings.budget_s:
+            break
+    count = min(REFERENCE_ERROR_SAMPLES, done)
+    error = reference_error(eps, union, settings.reference_nfe, sample_shape, points["reference"][:count], seed=seed,
+                            device=device, batch_size=batch_size)
     return Validation(
-        metrics=["end_l2", "frechet_pixel"], decided_by=decided_by, baseline=baseline, aligned=aligned,
-        num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, better=finite and not_worse and some_better,
+        verdict=verdict, better=verdict == "better", metrics=["end_l2", "kernel"], decided_by=decided_by,
+        baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},
+        changes={m: MetricVerdict.of(c) for m, c in changes.items()}, confidence=settings.confidence,
+        num_samples=done, looks=checked, seed=seed,
+        reference=ReferenceInfo(solver=f"{REFERENCE_SOLVER}, every interval cut uniformly in log-SNR",
+                                nfe=reference_nfe_of(union, settings.reference_nfe, eps.schedule), error_l2=error,
+                                error_samples=count),
     )
+
+
+def upgrade_v3(data: dict) -> dict:
+    """A schema-v3 validation block (point estimates of end_l2 and frechet_pixel on a DDIM
+    reference) in today's form: each metric's change without an interval, verdict better/worse."""
+    baseline, aligned = data["baseline"], data["aligned"]
+    changes = {}
+    for m in data["metrics"]:
+        b, a = baseline[m], aligned[m]
+        changes[m] = {"baseline": b, "aligned": a, "change": a / b - 1 if b > 0 else None, "interval": None,
+                      "verdict": "better" if a < b else "worse" if a > b else "inconclusive"}
+    verdict = "better" if data["better"] else "worse"
+    return {"verdict": verdict, "better": data["better"], "metrics": data["metrics"], "decided_by": data["decided_by"],
+            "baseline": baseline, "aligned": aligned, "changes": changes, "confidence": None,
+            "num_samples": data["num_samples"], "looks": [data["num_samples"]], "seed": data["seed"],
+            "reference": {"solver": "ddim, every interval subdivided", "nfe": data["reference_nfe"], "error_l2": None,
+                          "error_samples": 0}}

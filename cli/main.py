@@ -35,7 +35,7 @@ from dpm_align.aligner_core.artifact import (
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.exports import export_schedule
 from dpm_align.aligner_core.features import FeatureNet, feature_reference
-from dpm_align.aligner_core.fit import resolve_config
+from dpm_align.aligner_core.fit import JOINT_CANDIDATES, resolve_config
 from dpm_align.aligner_core.images import prepare_out_dir, save_samples
 from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
 from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
@@ -70,7 +70,6 @@ SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solve
 EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
 TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]")]
 RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]")]
-FitGridOpt = Annotated[bool, typer.Option("--fit-grid", help="align: also fit the grid's interior points with the taus (LD3-style; --preset joint, ddim); sample/eval: use those taus")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
@@ -126,7 +125,6 @@ class SamplingOptions:
     trajectory: str | None = None
     nfe: int | None = None
     rho: float | None = None
-    fit_grid: bool = False
 
 
 def _sampling_options(
@@ -135,7 +133,6 @@ def _sampling_options(
     eta: EtaOpt = None,
     trajectory: TrajOpt = None,
     rho: RhoOpt = None,
-    fit_grid: FitGridOpt = False,
 ) -> None:
     """Template: the options ``with_sampling_options`` adds to a command (fields of SamplingOptions)."""
 
@@ -193,10 +190,14 @@ def align_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="override the preset: network batch size")] = None,
     out: Annotated[Optional[Path], typer.Option(help="also write the artifact here")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
-    validate: Annotated[bool, typer.Option(help="measure baseline vs aligned on held-out seeds after fitting")] = True,
-    validation_samples: Annotated[int, typer.Option(min=2, help="held-out samples for validation")] = 32,
-    validation_reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the validation reference")] = 100,
-    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if validation finds them not better")] = False,
+    candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]")] = None,
+    validate: Annotated[bool, typer.Option(help="judge baseline vs aligned on held-out seeds after fitting (the verdict)")] = True,
+    validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look")] = 128,
+    validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many")] = 512,
+    validation_budget: Annotated[Optional[float], typer.Option(min=0, help="verdict: seconds after which no further look is started [default: no limit; a limit makes the verdict depend on the machine's speed]")] = None,
+    validation_reference_nfe: Annotated[int, typer.Option(min=2, help="verdict: network evaluations of the DPM-Solver-2 reference")] = 100,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="verdict: family-wise confidence of the intervals")] = 0.95,
+    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if the verdict is not 'better'")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -206,7 +207,7 @@ def align_cmd(
     sampler = sampling.sampler or DEFAULT_SAMPLER
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
-                            batch_size=batch_size, fit_grid=sampling.fit_grid or None)
+                            batch_size=batch_size, candidates=_candidates(candidates))
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
@@ -219,7 +220,8 @@ def align_cmd(
     targets = cache + ([out] if out is not None else [])
     with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
-                         validation=ValidationSettings(validation_samples, validation_reference_nfe) if validate else None)
+                         validation=ValidationSettings(validation_samples, validation_max_samples, validation_reference_nfe,
+                                                       confidence, validation_budget) if validate else None)
     problem = not_better_message(artifact)
     written = [] if problem and not keep_worse else [str(write_artifact(artifact, target)) for target in targets]
     if json_out:
@@ -231,9 +233,20 @@ def align_cmd(
             typer.echo(f"wrote {path}")
     if problem and not keep_worse:
         raise NotBetterError(f"{problem}; nothing written: use the plain sampler, try another --preset or --strategy, "
-                             "or pass --keep-worse to write them anyway")
+                             "raise --validation-max-samples, or pass --keep-worse to write them anyway")
     if problem:
         stderr.print(f"warning: {problem}; written anyway (--keep-worse)", highlight=False, markup=False, soft_wrap=True)
+
+
+def _candidates(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in JOINT_CANDIDATES]
+    if unknown or not names:
+        raise UsageError(f"unknown --candidates {', '.join(unknown) or repr(text)}; choose from {', '.join(JOINT_CANDIDATES)}"
+                         ", comma-separated")
+    return names
 
 
 @app.command("sample")
@@ -340,11 +353,16 @@ def _print_table(artifact) -> None:
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
         null = f", null class {c.null_class}" if c.null_class is not None else ""
         typer.echo(f"conditioning: class labels {', '.join(map(str, c.classes))} ({guidance}{null})")
+    if artifact.fit.candidate is not None:
+        held = ", ".join(f"{name} {c.holdout_loss:.4g}" for name, c in (artifact.fit.candidates or {}).items())
+        grid = "on a fitted grid" if artifact.trajectory.fitted else "on the kind's grid"
+        typer.echo(f"candidate: {artifact.fit.candidate} ({grid}); held-out loss: plain "
+                   f"{artifact.fit.loss_before[0]:.4g}, {held}")
     v = artifact.validation
     if v is not None:
-        changes = v.changes()
-        typer.echo(f"validation ({v.num_samples} held-out samples, {v.reference_nfe}-step reference): {changes}: "
-                   f"{'better' if v.better else 'NOT better'}")
+        r = v.reference
+        error = "" if r.error_l2 is None else f", its own error ~{r.error_l2:.2g}"
+        typer.echo(f"verdict: {v.summary()} [reference: {r.solver}, {r.nfe} evaluations{error}]")
 
 
 @app.command("eval")
@@ -397,7 +415,8 @@ def eval_cmd(
     if json_out:
         emit_json(report.model_dump(mode="json"))
         return
-    table = Table(title=f"trajectory gap, mean L2 to {report.reference_nfe}-step DDIM reference ({report.num_samples} samples)")
+    table = Table(title=f"trajectory gap, mean L2 to the reference ({report.reference}, {report.reference_nfe} "
+                  f"evaluations; {report.num_samples} samples)")
     fitted = report.timesteps_aligned
     for column in ("t", "baseline", *(("t (fitted grid)",) if fitted else ()), "aligned"):
         table.add_column(column, justify="right")
@@ -412,8 +431,10 @@ def eval_cmd(
             table.add_row(str(row.aligned_steps), f"{row.end_l2:.4f}", f"{row.frechet_pixel:.4f}")
         stdout.print(table)
     change = (report.end_gap_ratio - 1) * 100
+    interval = "" if report.end_gap_interval is None else \
+        " [{:+.1f}%, {:+.1f}%] (95%)".format(*((v - 1) * 100 for v in report.end_gap_interval))
     typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
-               f"({change:+.1f}%: {'better' if change < 0 else 'NOT better'})")
+               f"({change:+.1f}%{interval})")
     typer.echo(f"pixel Fréchet distance to the reference samples: baseline {report.frechet_pixel_baseline:.4f}, "
                f"aligned {report.frechet_pixel_aligned:.4f}")
     f = report.features

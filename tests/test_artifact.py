@@ -28,13 +28,13 @@ def tiny(tiny_ckpt):
 @pytest.fixture(scope="module")
 def artifact(tiny) -> TauArtifact:
     plan = SamplingPlan.make(tiny.eps.schedule, "ddim", None, "uniform", 3)
-    return align(tiny, plan, resolve_config("default", iterations=3, num_samples=8))
+    return align(tiny, plan, resolve_config("default", iterations=3, num_samples=8, candidates=("taus",)))
 
 
 def test_required_fields_and_round_trip(artifact, tmp_path):
     path = write_artifact(artifact, tmp_path / "taus.json")
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     for field in ("dpm_align_version", "created", "key", "model", "sampler", "trajectory", "taus", "eval_times", "fit"):
         assert field in data
     assert set(data["model"]) >= {"sha256", "source", "format", "prediction_type", "num_train_timesteps", "schedule"}
@@ -86,8 +86,8 @@ def test_write_is_atomic_when_interrupted(artifact, tmp_path, monkeypatch):
     "mutate,message",
     [(lambda text: text[: len(text) // 2], "is not valid JSON"),
      (lambda text: "[1, 2", "is not valid JSON"),
-     (lambda text: text.replace('"schema_version": 3', '"schema_version": 7'), "has schema_version 7"),
-     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v3 \\(bogus"),
+     (lambda text: text.replace('"schema_version": 4', '"schema_version": 7'), "has schema_version 7"),
+     (lambda text: text.replace('"taus": [', '"bogus": 1, "taus": ['), "does not match the tau artifact schema v4 \\(bogus"),
      (lambda text: json.dumps({**json.loads(text), "taus": [1.0]}), "taus has 1 values"),
      (lambda text: json.dumps({**json.loads(text), "key": "other"}), "key 'other' does not match its contents")],
 )

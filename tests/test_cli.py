@@ -28,7 +28,7 @@ def one_line_error(result, code: int, fragment: str) -> None:
 @pytest.fixture
 def aligned(cli, tiny_ckpt, tmp_path):
     out = tmp_path / "taus.json"
-    result = cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", out, "--json", *FAST)
+    result = cli("align", "--model", tiny_ckpt, "--nfe", "3", "--out", out, "--json", "--candidates", "taus", *FAST)
     assert result.exit_code == 0, result.output
     return out, parse_json(result)
 
@@ -104,7 +104,10 @@ def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
     assert result.exit_code == 0, result.output
     report = parse_json(result)
     assert len(report["gap_baseline"]) == len(report["gap_aligned"]) == 4
-    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 30
+    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 36  # 3 intervals x 6 sub-steps x 2
+    assert report["reference"].startswith("dpm-solver-2")
+    low, high = report["end_gap_interval"]
+    assert low <= report["end_gap_ratio"] <= high
     assert report["end_gap_aligned"] == report["gap_aligned"][-1]
 
 
@@ -168,7 +171,7 @@ def test_usage_errors(cli, tiny_ckpt, args, fragment):
     one_line_error(cli("align", "--model", tiny_ckpt, *args, *FAST), 2, fragment)
 
 
-@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 4}', "has schema_version 4"),
+@pytest.mark.parametrize("content,fragment", [("{", "is not valid JSON"), ('{"schema_version": 5}', "has schema_version 5"),
                                                ('{"schema_version": 2}', "does not match the tau artifact schema")])
 def test_bad_artifacts(cli, tiny_ckpt, tmp_path, content, fragment):
     path = tmp_path / "bad.json"
@@ -218,9 +221,13 @@ def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
     assert result.exit_code == 0, result.output
     document = parse_json(result)
     validation = document["artifact"]["validation"]
-    assert document["better"] is True and validation["better"] is True
+    assert document["better"] is True and validation["better"] is True and validation["verdict"] == "better"
     assert validation["aligned"]["end_l2"] < validation["baseline"]["end_l2"]
-    assert validation["num_samples"] == 64 and validation["reference_nfe"] == 100
+    change = validation["changes"]["end_l2"]
+    assert change["interval"][0] < change["change"] < change["interval"][1] < 0
+    assert change["change"] == pytest.approx(validation["aligned"]["end_l2"] / validation["baseline"]["end_l2"] - 1)
+    assert validation["num_samples"] == 64 and validation["looks"] == [64] and validation["confidence"] == 0.95
+    assert validation["reference"]["nfe"] == 100 and 0 < validation["reference"]["error_l2"] < 0.1
     assert read_artifact(tmp_path / "t.json").validation.better
 
 
@@ -235,14 +242,14 @@ def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_pat
     out = tmp_path / "t.json"
     base = ("align", "--model", tiny_ckpt, "--nfe", "3", "--out", out, "--device", "cpu", "--quiet")
     result = cli(*base, "--json")
-    one_line_error(result, 3, "not better than the plain sampler")
+    one_line_error(result, 3, "the aligned taus are worse than the plain sampler: end-point error +")
     assert parse_json(result)["better"] is False and parse_json(result)["written"] == []
     assert not out.exists() and list(isolated_cache.iterdir()) == []
     kept = cli(*base, "--keep-worse")
     assert kept.exit_code == 0 and out.exists() and "written anyway (--keep-worse)" in kept.stderr
     assert read_artifact(out).validation.better is False
     sampled = cli("sample", "--model", tiny_ckpt, "--taus", out, "-n", "2", "--out", tmp_path / "s", "--device", "cpu", "--quiet")
-    assert sampled.exit_code == 0 and "warning:" in sampled.stderr and "not better" in sampled.stderr
+    assert sampled.exit_code == 0 and "warning:" in sampled.stderr and "worse than the plain sampler" in sampled.stderr
 
 
 # ------------------------------------------------------------------ every sampler x trajectory

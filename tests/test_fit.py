@@ -128,8 +128,8 @@ def test_default_preset_is_joint_for_deterministic_samplers_else_golden():
 @pytest.mark.parametrize("nfe", [5, 10])
 def test_default_cuts_the_uniform_grid_gap_by_30_percent(gmm_eps, nfe):
     """The issue's GMM target on the uniform DDIM grids, which the per-step objectives miss: the
-    default (all taus fitted jointly against the teacher's end point) cuts the end-point L2 to a
-    999-step reference on held-out seeds by >= 30%. (NFE 5 needs the cosine learning-rate decay:
+    default (taus, and grid + taus, fitted jointly against the teacher's end point) cuts the
+    end-point L2 to a 999-step reference on held-out seeds by >= 30%. (NFE 5 needs the cosine learning-rate decay:
     without it the last Adam steps left the pool loss above the plain times' and the fit was dropped.)"""
     grid = make_grid("uniform", nfe, gmm_eps.schedule)
     result = fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, resolve_config("default"), SHAPE, seed=0)
@@ -137,8 +137,8 @@ def test_default_cuts_the_uniform_grid_gap_by_30_percent(gmm_eps, nfe):
     x = torch.randn(128, *SHAPE, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
     ctx = StepContext(gmm_eps.schedule)
     ref = run_sampler("ddim", gmm_eps, x, refine_grid(grid, 1000)[0], None, ctx)
-    gap = {name: (run_sampler("ddim", gmm_eps, x, grid, taus, ctx) - ref).flatten(1).norm(dim=1).mean()
-           for name, taus in (("baseline", None), ("aligned", result.taus))}
+    gap = {name: (run_sampler("ddim", gmm_eps, x, path, taus, ctx) - ref).flatten(1).norm(dim=1).mean()
+           for name, path, taus in (("baseline", grid, None), ("aligned", result.grid or grid, result.taus))}
     assert gap["aligned"] < 0.7 * gap["baseline"]
 
 

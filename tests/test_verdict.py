@@ -1,0 +1,136 @@
+"""The verdict: paired intervals, the decision rule, the looks, and its error rates on the exact mixture."""
+
+import math
+
+import pytest
+import torch
+
+from dpm_align.aligner_core.compare import reference_grid
+from dpm_align.aligner_core.loading import load_model
+from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
+from dpm_align.aligner_core.trajectory import make_grid
+from dpm_align.aligner_core.validation import ValidationSettings, decide, validate
+from dpm_align.aligner_core.verdict import Change, kernel_change, mean_ratio_change, z_value
+
+
+def test_ratio_interval_golden_values():
+    # baseline constant 1, aligned 1,2,1,2: ratio 1.5, Var(log R) = (1/3) / 1.5^2 / 4
+    c = mean_ratio_change(torch.ones(4), torch.tensor([1.0, 2.0, 1.0, 2.0]), 0.95)
+    se = math.sqrt((1 / 3) / 2.25 / 4)
+    assert c.change == pytest.approx(0.5)
+    assert c.low == pytest.approx(math.exp(math.log(1.5) - 1.959964 * se) - 1, rel=1e-6)
+    assert c.high == pytest.approx(math.exp(math.log(1.5) + 1.959964 * se) - 1, rel=1e-6)
+    assert c.verdict == "worse" and z_value(0.95) == pytest.approx(1.959964, rel=1e-6)
+
+
+def test_ratio_interval_uses_the_pairing():
+    base = torch.tensor([1.0, 5.0, 2.0, 9.0, 3.0])
+    c = mean_ratio_change(base, 0.9 * base, 0.99)  # every sample exactly 10% better: no doubt at all
+    assert c.change == pytest.approx(-0.1) and c.low == pytest.approx(-0.1) and c.verdict == "better"
+    same = mean_ratio_change(base, base.clone(), 0.99)
+    assert same.change == 0 and same.verdict == "inconclusive"
+    assert mean_ratio_change(torch.zeros(3), torch.ones(3), 0.95).verdict == "inconclusive"
+
+
+def test_kernel_distance_sees_a_shift_and_not_a_relabelling():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    near = ref + 0.05 * torch.randn(200, 8, generator=g, dtype=torch.float64)
+    off = ref + 1.0
+    c = kernel_change(off, near, ref, 0.95)
+    assert c.baseline > 0 and c.aligned < c.baseline and c.high < 0 and c.verdict == "better"
+    assert kernel_change(near, off, ref, 0.95).verdict == "worse"
+    assert kernel_change(off, off.clone(), ref, 0.95).verdict == "inconclusive"
+
+
+def test_kernel_distance_is_unbiased_for_equal_distributions():
+    g = torch.Generator().manual_seed(1)
+    values = []
+    for _ in range(40):
+        ref, a, b = (torch.randn(64, 4, generator=g, dtype=torch.float64) for _ in range(3))
+        values.append(kernel_change(a, b, ref, 0.95).baseline)
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    assert abs(mean) < 3 * sd / len(values) ** 0.5  # the unbiased MMD^2 averages to 0
+
+
+def test_decision_rule():
+    better = Change(1, 0.8, -0.2, -0.3, -0.1, "better")
+    worse = Change(1, 1.2, 0.2, 0.1, 0.3, "worse")
+    unsure = Change(1, 0.99, -0.01, -0.1, 0.08, "inconclusive")
+    assert decide({"end_l2": better, "kernel": unsure}, ["end_l2", "kernel"]) == "better"
+    assert decide({"end_l2": better, "kernel": worse}, ["end_l2", "kernel"]) == "worse"
+    assert decide({"end_l2": unsure, "kernel": better}, ["end_l2", "kernel"]) == "inconclusive"
+    assert decide({"end_l2": worse, "kernel": better}, ["kernel"]) == "better"
+
+
+def test_looks_double_up_to_the_maximum():
+    assert ValidationSettings(128, 512).looks() == [128, 256, 512]
+    assert ValidationSettings(100, 300).looks() == [100, 200, 300]
+    assert ValidationSettings(64, 64).looks() == [64] and ValidationSettings(600, 512).looks() == [600]
+
+
+# ---------------------------------------------------------------- calibration on the exact mixture
+GMM = "gmm:dim=16,components=4,seed=3"
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return load_model(GMM)
+
+
+@pytest.fixture(scope="module")
+def truth(mixture):
+    """The end-L2 ratio aligned/plain and the relative change of the kernel distance of a tau set on
+    the uniform 5-step grid, from 2048 samples against a fine reference: what the verdict
+    estimates from a few hundred."""
+    grid = make_grid("uniform", 5, mixture.eps.schedule)
+    x = PerSampleNoise(424242, range(2048), mixture.sample_shape)()
+    ctx = StepContext(mixture.eps.schedule)
+    ref = run_sampler("dpm-solver-2", mixture.eps, x, reference_grid(grid, 800, mixture.eps.schedule)[0], None, ctx)
+    plain = run_sampler("ddim", mixture.eps, x, grid, None, ctx)
+
+    def measure(taus) -> tuple[float, float]:
+        aligned = run_sampler("ddim", mixture.eps, x, grid, taus, ctx)
+        ratio = (aligned - ref).flatten(1).norm(dim=1).mean() / (plain - ref).flatten(1).norm(dim=1).mean()
+        return float(ratio), kernel_change(plain, aligned, ref, 0.95).change
+
+    return grid, measure
+
+
+def tau_family(model, grid):
+    """Tau sets around the plain times: random directions at three scales (mostly worse, some better)."""
+    nominal = torch.tensor(nominal_eval_times("ddim", grid, model.eps.schedule), dtype=torch.float64)
+    widths = torch.tensor([t - s for t, s in zip(grid[:-1], grid[1:])], dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    family = []
+    for _ in range(8):
+        direction = torch.randn(len(nominal), generator=g, dtype=torch.float64)
+        family += [(nominal + scale * widths * direction).clamp(min=0).tolist() for scale in (0.01, 0.03, 0.1)]
+    return family
+
+
+def test_verdict_error_rates_on_the_exact_mixture(mixture, truth):
+    """24 perturbed tau sets, each judged twice on fresh held-out seeds (64 -> 128 -> 256 samples),
+    against the truth from 2048 samples: better = lower end-point error and a kernel distance that
+    is not higher. Nothing truly not better is accepted (the rule's bound: 2.5% per trial), nothing
+    truly better is called worse, and what is clearly better (end L2 -5% or more) is accepted."""
+    grid, measure = truth
+    settings = ValidationSettings(64, 256, 60)
+    false_accept = false_reject = null_trials = clear_better = accepted_clear = 0
+    for k, taus in enumerate(tau_family(mixture, grid)):
+        ratio, kernel = measure(taus)
+        for rep in range(2):
+            verdict = validate(mixture.eps, grid, "ddim", 0.0, taus, mixture.sample_shape, settings,
+                               seed=1000 * k + rep).verdict
+            if ratio >= 1 or kernel > 0:
+                null_trials += 1
+                false_accept += verdict == "better"
+            else:
+                false_reject += verdict == "worse"
+            if ratio <= 0.95 and kernel <= 0:
+                clear_better += 1
+                accepted_clear += verdict == "better"
+    assert null_trials >= 30 and false_accept == 0
+    assert false_reject == 0
+    assert clear_better >= 2 and accepted_clear == clear_better
