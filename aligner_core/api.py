@@ -41,7 +41,7 @@ from .samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_tim
 from .schedule import NoiseSchedule
 from .trajectory import make_grid, resolve_rho
 from .validation import ValidationSettings, validate
-from .verdict import mean_ratio_change
+from .verdict import kernel_change, mean_ratio_change
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
 
@@ -373,6 +373,9 @@ class GapReport(BaseModel):
     end_gap_aligned: float
     end_gap_ratio: float
     end_gap_interval: tuple[float, float] | None = None  # 95% interval of end_gap_ratio (paired, see verdict.py)
+    kernel_baseline: float | None = None  # unbiased MMD^2 of the end points to the reference's (verdict.py)
+    kernel_aligned: float | None = None
+    kernel_change_interval: tuple[float, float] | None = None  # 95% interval of kernel_aligned / kernel_baseline - 1
     frechet_pixel_baseline: float
     frechet_pixel_aligned: float
     ablation: list[AblationRow] | None = None
@@ -436,6 +439,7 @@ def trajectory_gap(
     reference = torch.cat(ends["reference"])
     end_errors = [(torch.cat(ends[name]) - reference).flatten(1).norm(dim=1) for name in ("baseline", "aligned")]
     change = mean_ratio_change(*end_errors, 0.95)
+    kernel = kernel_change(torch.cat(ends["baseline"]), torch.cat(ends["aligned"]), reference, 0.95)
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
@@ -454,6 +458,8 @@ def trajectory_gap(
         end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
         end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
         end_gap_interval=None if change.low is None else (1 + change.low, 1 + change.high),
+        kernel_baseline=kernel.baseline, kernel_aligned=kernel.aligned,
+        kernel_change_interval=None if kernel.low is None else (kernel.low, kernel.high),
         frechet_pixel_baseline=frechet["baseline"], frechet_pixel_aligned=frechet["aligned"], ablation=rows,
         features=feature_report,
     )

@@ -5,10 +5,12 @@
         [--nfe 5 10 20] [--objectives paper-golden joint ...] [--reference-nfe 100] [--device auto]
 
 For each setting (model, sampler, trajectory, NFE) every objective is fitted (seed 0), then all
-of them are scored side by side on the same held-out seeds against ONE reference (DDIM, eta 0,
-every interval subdivided, at least --reference-nfe steps and 10 per interval) from the same noise:
+of them are scored side by side on the same held-out seeds against ONE reference (the verdict's:
+DPM-Solver-2, log-SNR sub-steps, at least --reference-nfe evaluations) from the same noise, with
+the verdict's paired 95% intervals (``verdict.py``):
 - ``end_l2``: mean per-sample L2 distance of the end points to the reference's;
-- ``frechet_pixel``: pixel-space Fréchet distance to the reference's end points;
+- ``kernel``: unbiased MMD^2 of the end points to the reference's end points;
+- ``frechet_pixel``: pixel-space Fréchet distance to the reference's end points (shown, not used);
 - ``frechet_real``: pixel-space Fréchet distance to real data (MNIST / CIFAR-10 test images, or
   exact samples of the mixture), which does not favour objectives that imitate the reference.
 Each row records the fit configuration and the commit measured. Rows are appended to --out as
@@ -32,7 +34,9 @@ from dpm_align.aligner_core.fit import fit_taus, objective_needs_eta0, resolve_c
 from dpm_align.aligner_core.loading import load_model, resolve_device
 from dpm_align.aligner_core.metrics import frechet_distance
 from dpm_align.aligner_core.samplers import is_stochastic
-from dpm_align.aligner_core.validation import HELD_OUT_SEED_OFFSET, judge, score_candidates
+from dpm_align.aligner_core.compare import paired_trajectories
+from dpm_align.aligner_core.validation import HELD_OUT_SEED_OFFSET, decide
+from dpm_align.aligner_core.verdict import kernel_change, mean_ratio_change
 
 MODELS = {"demo": (None, "mnist"), "cifar10": ("models/cifar10/model.safetensors", "cifar10"), "gmm": ("gmm", None)}
 # name -> (preset, overrides). "official-60": the paper's optimizer with 60 instead of 500 iterations per step.
@@ -42,6 +46,7 @@ OBJECTIVES = {
     "teacher-golden": ("golden", {"objective": "teacher"}),
     "paper-official-60": ("official", {"iterations": 60}),
     "joint": ("joint", {}),
+    "default": ("default", {}),
 }
 
 
@@ -97,37 +102,53 @@ def main() -> None:
                     continue
                 t0 = time.time()
                 data = real[name].to(device) if config.strategy == "parallel" else None
-                fitted[objective] = fit_taus(model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config,
-                                             model.sample_shape, seed=0, device=device, data=data).taus
+                result = fit_taus(model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config,
+                                  model.sample_shape, seed=0, device=device, data=data)
+                fitted[objective] = result.taus if result.grid is None else (result.grid, result.taus)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 fit_s[objective] = round(time.time() - t0, 2)
             if not fitted:
                 print(f"budget of {args.budget_s:.0f}s reached; stopping", flush=True)
                 break
-            reference_nfe = max(args.reference_nfe, 10 * plan.steps)
-            scores, points = score_candidates(model.eps, plan.grid, plan.sampler, plan.eta, {"baseline": None, **fitted},
-                                              model.sample_shape, num_samples=args.samples, reference_nfe=reference_nfe,
-                                              batch_size=128, seed=HELD_OUT_SEED_OFFSET, device=device)
+            ends = {key: [] for key in ("reference", "baseline", *fitted)}
+            for states in paired_trajectories(model.eps, plan.grid, plan.sampler, plan.eta, {"baseline": None, **fitted},
+                                              model.sample_shape, num_samples=args.samples,
+                                              reference_nfe=args.reference_nfe, batch_size=128, seed=HELD_OUT_SEED_OFFSET,
+                                              device=device):
+                for key in ends:
+                    ends[key].append(states[key][-1].cpu())
+            points = {key: torch.cat(chunks) for key, chunks in ends.items()}
+            error = {key: (points[key] - points["reference"]).flatten(1).norm(dim=1) for key in ("baseline", *fitted)}
             real_fd = {key: frechet_distance(points[key], real[name]) for key in ("reference", "baseline", *fitted)}
-            for objective, taus in fitted.items():
-                v = judge(scores["baseline"], scores[objective], sampler, plan.eta, num_samples=args.samples,
-                          seed=HELD_OUT_SEED_OFFSET, reference_nfe=reference_nfe)
+            decided_by = ["kernel"] if is_stochastic(sampler, plan.eta) else ["end_l2", "kernel"]
+            for objective, chosen in fitted.items():
+                changes = {"end_l2": mean_ratio_change(error["baseline"], error[objective], 0.95),
+                           "kernel": kernel_change(points["baseline"], points[objective], points["reference"], 0.95)}
+                fd = {key: frechet_distance(points[key], points["reference"]) for key in ("baseline", objective)}
+                taus = chosen[1] if isinstance(chosen, tuple) else chosen
                 row = {"model": name, "sampler": sampler, "trajectory": trajectory, "nfe": nfe, "objective": objective,
-                       "fit_s": fit_s[objective], "device": device.type, "commit": code,
-                       "config": configs[objective], "baseline": v.baseline, "aligned": v.aligned,
+                       "fit_s": fit_s[objective], "device": device.type, "commit": code, "config": configs[objective],
+                       "baseline": {"end_l2": changes["end_l2"].baseline, "kernel": changes["kernel"].baseline,
+                                    "frechet_pixel": fd["baseline"]},
+                       "aligned": {"end_l2": changes["end_l2"].aligned, "kernel": changes["kernel"].aligned,
+                                   "frechet_pixel": fd[objective]},
+                       "intervals": {m: [c.low, c.high] for m, c in changes.items()},
+                       "grid": list(chosen[0]) if isinstance(chosen, tuple) else None,
                        "frechet_real": {"reference": real_fd["reference"], "baseline": real_fd["baseline"],
                                         "aligned": real_fd[objective]},
-                       "better": v.better, "samples": v.num_samples, "reference_nfe": reference_nfe,
+                       "verdict": decide(changes, decided_by), "samples": args.samples,
+                       "reference_nfe": args.reference_nfe,
                        "taus_minus_t": [round(a - b, 2) for a, b in zip(taus, plan.eval_times)]}
+                row["better"] = row["verdict"] == "better"
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
-                b, a = v.baseline, v.aligned
+                c = changes["end_l2"]
+                k = changes["kernel"]
                 print(f"{name:8} {sampler:5} {trajectory:9} nfe={nfe:<3} {objective:22} fit {fit_s[objective]:6.1f}s  "
-                      f"L2 {b['end_l2']:.3f}->{a['end_l2']:.3f} ({a['end_l2'] / b['end_l2']:.3f})  "
-                      f"FD {b['frechet_pixel']:.3f}->{a['frechet_pixel']:.3f} ({a['frechet_pixel'] / b['frechet_pixel']:.3f})  "
-                      f"FDreal {real_fd['baseline']:.3f}->{real_fd[objective]:.3f} (ref {real_fd['reference']:.3f})",
-                      flush=True)
+                      f"L2 {c.baseline:.3f}->{c.aligned:.3f} ({c.change:+.1%} [{c.low:+.1%}, {c.high:+.1%}])  "
+                      f"kernel {k.change if k.change is not None else float('nan'):+.1%}  "
+                      f"FD {fd['baseline']:.3f}->{fd[objective]:.3f}  {row['verdict']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -374,7 +374,7 @@ def eval_cmd(
     sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    reference_nfe: Annotated[int, typer.Option(min=1, help="steps of the DDIM reference trajectory")] = 1000,
+    reference_nfe: Annotated[int, typer.Option(min=2, help="network evaluations of the reference (DPM-Solver-2, log-SNR sub-steps), at least")] = 1000,
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,
@@ -435,6 +435,11 @@ def eval_cmd(
         " [{:+.1f}%, {:+.1f}%] (95%)".format(*((v - 1) * 100 for v in report.end_gap_interval))
     typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
                f"({change:+.1f}%{interval})")
+    if report.kernel_change_interval is not None:
+        typer.echo("kernel distance (MMD^2) to the reference samples: baseline {:.4g}, aligned {:.4g} ({:+.1f}% "
+                   "[{:+.1f}%, {:+.1f}%] (95%))".format(report.kernel_baseline, report.kernel_aligned,
+                                                     (report.kernel_aligned / report.kernel_baseline - 1) * 100,
+                                                     *(v * 100 for v in report.kernel_change_interval)))
     typer.echo(f"pixel Fréchet distance to the reference samples: baseline {report.frechet_pixel_baseline:.4f}, "
                f"aligned {report.frechet_pixel_aligned:.4f}")
     f = report.features

@@ -152,3 +152,22 @@ def test_unwritable_destinations(tmp_path):
     blocker.write_text("")
     with pytest.raises(UsageError, match="cannot write .*choose a writable --out path"):
         ensure_writable(blocker / "sub" / "taus.json")
+
+
+def test_schema_v3_validation_and_fitgrid_key_are_upgraded(artifact, tmp_path):
+    v3 = artifact.model_dump(mode="json")
+    v3["schema_version"] = 3
+    v3["key"] = v3["key"].replace("-nfe3", "-fitgrid-nfe3")
+    v3["validation"] = {"metrics": ["end_l2", "frechet_pixel"], "decided_by": ["end_l2", "frechet_pixel"],
+                        "baseline": {"end_l2": 2.0, "frechet_pixel": 10.0},
+                        "aligned": {"end_l2": 1.5, "frechet_pixel": 8.0}, "num_samples": 32, "reference_nfe": 100,
+                        "seed": 1000000, "better": True}
+    path = tmp_path / "v3.json"
+    path.write_text(json.dumps(v3))
+    upgraded = read_artifact(path)
+    assert upgraded.key == artifact.key and upgraded.schema_version == 4
+    v = upgraded.validation
+    assert v.verdict == "better" and v.better and v.confidence is None and v.looks == [32]
+    assert v.changes["end_l2"].change == pytest.approx(-0.25) and v.changes["end_l2"].interval is None
+    assert v.reference.solver.startswith("ddim") and v.reference.nfe == 100 and v.reference.error_l2 is None
+    assert "point estimate" in v.summary()

@@ -107,7 +107,7 @@ def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
     assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 36  # 3 intervals x 6 sub-steps x 2
     assert report["reference"].startswith("dpm-solver-2")
     low, high = report["end_gap_interval"]
-    assert low <= report["end_gap_ratio"] <= high
+    assert low <= report["end_gap_ratio"] <= high and report["kernel_baseline"] is not None
     assert report["end_gap_aligned"] == report["gap_aligned"][-1]
 
 
@@ -372,3 +372,22 @@ def test_console_script_success_and_runtime_error_codes(monkeypatch, capsys, tin
     assert console("align", "--model", tiny_ckpt, "--nfe", "2", "--no-cache", "--out", tmp_path / "t.json", *FAST) == 0
     assert console("inspect", tmp_path / "t.json", "--check", "--model", make_tiny_checkpoint(tmp_path, seed=4)) == 1
     assert console("--version") == 0
+
+
+def test_align_refuses_taus_not_shown_better_after_every_look(cli, tmp_path, monkeypatch):
+    from dpm_align.aligner_core import api
+    from dpm_align.aligner_core.fit import FitResult
+
+    def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times: never shown better
+        return FitResult(list(grid[:-1]), [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
+
+    monkeypatch.setattr(api, "fit_taus", plain_fit)
+    base = ("align", "--model", "gmm:dim=16,components=3", "--nfe", "4", "--out", tmp_path / "t.json", "--quiet",
+            "--validation-samples", "16", "--validation-max-samples", "64")
+    result = cli(*base, "--json")
+    one_line_error(result, 3, "the aligned taus are not shown better than the plain sampler: end-point error +0.0%")
+    validation = parse_json(result)["artifact"]["validation"]
+    assert validation["verdict"] == "inconclusive" and validation["looks"] == [16, 32, 64]
+    assert validation["confidence"] == 0.95 and not (tmp_path / "t.json").exists()
+    budget = parse_json(cli(*base, "--validation-budget", "0", "--confidence", "0.9", "--json"))["artifact"]["validation"]
+    assert budget["looks"] == [16] and budget["confidence"] == 0.9  # no further look past the budget

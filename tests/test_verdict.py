@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from dpm_align.aligner_core.compare import reference_grid
+from dpm_align.aligner_core.calibration import Truth, perturbed_taus, verdict_rates
 from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
 from dpm_align.aligner_core.trajectory import make_grid
-from dpm_align.aligner_core.validation import ValidationSettings, decide, validate
+from dpm_align.aligner_core.validation import ValidationSettings, decide
 from dpm_align.aligner_core.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
@@ -71,66 +70,16 @@ def test_looks_double_up_to_the_maximum():
 
 
 # ---------------------------------------------------------------- calibration on the exact mixture
-GMM = "gmm:dim=16,components=4,seed=3"
-
-
-@pytest.fixture(scope="module")
-def mixture():
-    return load_model(GMM)
-
-
-@pytest.fixture(scope="module")
-def truth(mixture):
-    """The end-L2 ratio aligned/plain and the relative change of the kernel distance of a tau set on
-    the uniform 5-step grid, from 2048 samples against a fine reference: what the verdict
-    estimates from a few hundred."""
-    grid = make_grid("uniform", 5, mixture.eps.schedule)
-    x = PerSampleNoise(424242, range(2048), mixture.sample_shape)()
-    ctx = StepContext(mixture.eps.schedule)
-    ref = run_sampler("dpm-solver-2", mixture.eps, x, reference_grid(grid, 800, mixture.eps.schedule)[0], None, ctx)
-    plain = run_sampler("ddim", mixture.eps, x, grid, None, ctx)
-
-    def measure(taus) -> tuple[float, float]:
-        aligned = run_sampler("ddim", mixture.eps, x, grid, taus, ctx)
-        ratio = (aligned - ref).flatten(1).norm(dim=1).mean() / (plain - ref).flatten(1).norm(dim=1).mean()
-        return float(ratio), kernel_change(plain, aligned, ref, 0.95).change
-
-    return grid, measure
-
-
-def tau_family(model, grid):
-    """Tau sets around the plain times: random directions at three scales (mostly worse, some better)."""
-    nominal = torch.tensor(nominal_eval_times("ddim", grid, model.eps.schedule), dtype=torch.float64)
-    widths = torch.tensor([t - s for t, s in zip(grid[:-1], grid[1:])], dtype=torch.float64)
-    g = torch.Generator().manual_seed(11)
-    family = []
-    for _ in range(8):
-        direction = torch.randn(len(nominal), generator=g, dtype=torch.float64)
-        family += [(nominal + scale * widths * direction).clamp(min=0).tolist() for scale in (0.01, 0.03, 0.1)]
-    return family
-
-
-def test_verdict_error_rates_on_the_exact_mixture(mixture, truth):
-    """24 perturbed tau sets, each judged twice on fresh held-out seeds (64 -> 128 -> 256 samples),
-    against the truth from 2048 samples: better = lower end-point error and a kernel distance that
-    is not higher. Nothing truly not better is accepted (the rule's bound: 2.5% per trial), nothing
-    truly better is called worse, and what is clearly better (end L2 -5% or more) is accepted."""
-    grid, measure = truth
-    settings = ValidationSettings(64, 256, 60)
-    false_accept = false_reject = null_trials = clear_better = accepted_clear = 0
-    for k, taus in enumerate(tau_family(mixture, grid)):
-        ratio, kernel = measure(taus)
-        for rep in range(2):
-            verdict = validate(mixture.eps, grid, "ddim", 0.0, taus, mixture.sample_shape, settings,
-                               seed=1000 * k + rep).verdict
-            if ratio >= 1 or kernel > 0:
-                null_trials += 1
-                false_accept += verdict == "better"
-            else:
-                false_reject += verdict == "worse"
-            if ratio <= 0.95 and kernel <= 0:
-                clear_better += 1
-                accepted_clear += verdict == "better"
-    assert null_trials >= 30 and false_accept == 0
-    assert false_reject == 0
-    assert clear_better >= 2 and accepted_clear == clear_better
+def test_verdict_error_rates_on_the_exact_mixture():
+    """24 perturbed tau sets on the uniform 5-step grid, each judged twice on fresh held-out seeds
+    (64 -> 128 -> 256 samples), against the truth from 2048 samples (calibration.py): nothing truly
+    not better is accepted (the rule's bound: 2.5% per trial), nothing truly better is called
+    worse, and what is clearly better (end L2 -5% or more, kernel not higher) is accepted."""
+    model = load_model("gmm:dim=16,components=4,seed=3")
+    grid = make_grid("uniform", 5, model.eps.schedule)
+    family = perturbed_taus(grid, model.eps.schedule, directions=8, scales=(0.01, 0.03, 0.1))
+    rates = verdict_rates(model.eps, grid, model.sample_shape, family, Truth(model.eps, grid, model.sample_shape),
+                          ValidationSettings(64, 256, 60), repeats=2)
+    assert rates.null_trials >= 30 and rates.false_accepts == 0
+    assert rates.false_rejects == 0
+    assert rates.clear_trials >= 2 and rates.clear_accepts == rates.clear_trials

@@ -1,0 +1,85 @@
+"""How often is the verdict wrong? Its error rates on a model whose truth can be computed.
+
+Around the plain times of a DDIM grid, tau sets are perturbed in random directions at several
+scales (most are worse, some better). Each set's truth comes from many samples against a fine
+reference (the end-point ratio and the kernel distance's relative change); the verdict
+(``validation.validate``) then judges it several times on fresh held-out seeds. A trial counts as a
+*false accept* when the verdict says better though the truth is not better (end-point ratio >= 1
+or kernel distance higher), a *false reject* when it says worse though both truths are better.
+Used by ``tests/test_verdict.py`` and ``benchmarks/verdict_calibration.py`` on the exact mixture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .compare import reference_grid
+from .samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
+from .validation import ValidationSettings, validate
+from .verdict import kernel_change
+
+
+def perturbed_taus(grid: Sequence[float], schedule, directions: int, scales: Sequence[float], seed: int = 11) -> list:
+    """Tau sets t + scale * (step width) * d for ``directions`` random unit-variance d per scale."""
+    nominal = torch.tensor(nominal_eval_times("ddim", grid, schedule), dtype=torch.float64)
+    widths = torch.tensor([t - s for t, s in zip(grid[:-1], grid[1:])], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    family = []
+    for _ in range(directions):
+        d = torch.randn(len(nominal), generator=g, dtype=torch.float64)
+        family += [(nominal + scale * widths * d).clamp(min=0).tolist() for scale in scales]
+    return family
+
+
+class Truth:
+    """End-point ratio and kernel change of tau sets on ``grid`` from ``samples`` noises against a
+    DPM-Solver-2 reference with ``reference_nfe`` evaluations (computed once)."""
+
+    def __init__(self, eps, grid: Sequence[float], sample_shape, samples: int = 2048, reference_nfe: int = 800):
+        self.eps, self.grid = eps, list(grid)
+        self.x = PerSampleNoise(424242, range(samples), sample_shape)()
+        self.ctx = StepContext(eps.schedule)
+        with torch.no_grad():
+            self.ref = run_sampler("dpm-solver-2", eps, self.x, reference_grid(grid, reference_nfe, eps.schedule)[0],
+                                   None, self.ctx)
+            self.plain = run_sampler("ddim", eps, self.x, self.grid, None, self.ctx)
+
+    def __call__(self, taus: Sequence[float]) -> tuple[float, float]:
+        with torch.no_grad():
+            aligned = run_sampler("ddim", self.eps, self.x, self.grid, taus, self.ctx)
+        err = lambda y: (y - self.ref).flatten(1).norm(dim=1).mean()  # noqa: E731
+        return float(err(aligned) / err(self.plain)), kernel_change(self.plain, aligned, self.ref, 0.95).change
+
+
+@dataclass
+class Rates:
+    null_trials: int = 0  # trials of tau sets that are truly not better
+    false_accepts: int = 0
+    better_trials: int = 0  # trials of tau sets truly better on both metrics
+    false_rejects: int = 0  # ... called worse
+    clear_trials: int = 0  # trials of tau sets clearly better (end ratio <= 0.95, kernel not higher)
+    clear_accepts: int = 0
+    rows: list = field(default_factory=list)  # (end ratio, kernel change, [verdicts])
+
+
+def verdict_rates(eps, grid: Sequence[float], sample_shape, family: Sequence[Sequence[float]], truth: Truth,
+                  settings: ValidationSettings, repeats: int) -> Rates:
+    rates = Rates()
+    for k, taus in enumerate(family):
+        ratio, kernel = truth(taus)
+        verdicts = [validate(eps, grid, "ddim", 0.0, taus, sample_shape, settings, seed=1000 * k + rep).verdict
+                    for rep in range(repeats)]
+        rates.rows.append((ratio, kernel, verdicts))
+        if ratio >= 1 or kernel > 0:
+            rates.null_trials += repeats
+            rates.false_accepts += verdicts.count("better")
+        else:
+            rates.better_trials += repeats
+            rates.false_rejects += verdicts.count("worse")
+        if ratio <= 0.95 and kernel <= 0:
+            rates.clear_trials += repeats
+            rates.clear_accepts += verdicts.count("better")
+    return rates
