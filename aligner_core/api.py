@@ -174,7 +174,7 @@ def align(
             objective=config.objective,
             optimizer=config.optimizer,
             settings=config.model_dump(mode="json"),
-            num_samples=config.num_samples,
+            num_samples=result.num_samples or config.num_samples,
             iterations=config.iterations,
             seed=seed,
             device=str(device),

@@ -4,8 +4,10 @@ Around the plain times of a DDIM grid, tau sets are perturbed in random directio
 scales (most are worse, some better). Each set's truth comes from many samples against a fine
 reference (the end-point ratio and the kernel distance's relative change); the verdict
 (``validation.validate``) then judges it several times on fresh held-out seeds. A trial counts as a
-*false accept* when the verdict says better though the truth is not better (end-point ratio >= 1
-or kernel distance higher), a *false reject* when it says worse though both truths are better.
+*false accept* when the verdict says better though the end-point ratio is truly >= 1 (what the
+rule bounds), a *kernel miss* when it says better though the kernel distance is truly higher (the
+kernel is a guard that refuses only what it shows worse), a *false reject* when it says worse
+though both truths are better.
 Used by ``tests/test_verdict.py`` and ``benchmarks/verdict_calibration.py`` on the exact mixture.
 """
 
@@ -56,8 +58,10 @@ class Truth:
 
 @dataclass
 class Rates:
-    null_trials: int = 0  # trials of tau sets that are truly not better
+    null_trials: int = 0  # trials of tau sets whose end-point error is truly not lower
     false_accepts: int = 0
+    kernel_misses: int = 0  # accepted though the kernel distance is truly higher
+    kernel_worse_trials: int = 0
     better_trials: int = 0  # trials of tau sets truly better on both metrics
     false_rejects: int = 0  # ... called worse
     clear_trials: int = 0  # trials of tau sets clearly better (end ratio <= 0.95, kernel not higher)
@@ -73,10 +77,13 @@ def verdict_rates(eps, grid: Sequence[float], sample_shape, family: Sequence[Seq
         verdicts = [validate(eps, grid, "ddim", 0.0, taus, sample_shape, settings, seed=1000 * k + rep).verdict
                     for rep in range(repeats)]
         rates.rows.append((ratio, kernel, verdicts))
-        if ratio >= 1 or kernel > 0:
+        if ratio >= 1:
             rates.null_trials += repeats
             rates.false_accepts += verdicts.count("better")
-        else:
+        if kernel > 0:
+            rates.kernel_worse_trials += repeats
+            rates.kernel_misses += verdicts.count("better")
+        if ratio < 1 and kernel <= 0:
             rates.better_trials += repeats
             rates.false_rejects += verdicts.count("worse")
         if ratio <= 0.95 and kernel <= 0:

@@ -269,6 +269,7 @@ class FitResult:
     grid: list[float] | None = None  # the fitted grid (K+1 points, same ends) when the winner fits it
     candidate: str | None = None  # joint: the winning candidate
     candidates: dict[str, CandidateFit] | None = None  # joint: every candidate's held-out result
+    num_samples: int | None = None  # joint: the fitting pool's size (at least config.num_samples)
 
 
 def fit_taus(
@@ -466,7 +467,7 @@ def fit_joint(
     return FitResult([float(v) for v in fitted.clamp(min=0.0)], [plain] * count, [result.holdout_loss] * count,
                      time.perf_counter() - start,
                      [float(v) for v in fitted_grid] if winner != "taus" and result.best_iteration else None, winner,
-                     {name: fit[0] for name, fit in fits.items()})
+                     {name: fit[0] for name, fit in fits.items()}, n)
 
 
 def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Tensor, widths: torch.Tensor,

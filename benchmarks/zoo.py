@@ -1,11 +1,13 @@
 """The default `align` on the model zoo (scripts/train_zoo.sh), its verdict against a larger `eval`.
 
+    python benchmarks/zoo.py --table rows.jsonl     # the rows as a markdown table
     python benchmarks/zoo.py --out rows.jsonl [--zoo models/zoo] [--nfe 5 10] [--trajectories uniform quadratic]
-        [--eval-samples 512] [--eval-reference-nfe 120] [--budget-s 3000] [--threads 2]
+        [--eval-samples 512] [--eval-reference-nfe 120] [--eval-trajectories uniform] [--budget-s 3000] [--threads 2]
 
 For every zoo model x trajectory x NFE (DDIM, seed 0): the default `align` with its default verdict
 (held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
-samples: the end-point ratio and the kernel distance with their 95% intervals. Rows are appended to
+samples (only on --eval-trajectories, to save time on CPU): the end-point ratio and the kernel
+distance with their 95% intervals. Rows are appended to
 --out as they finish (JSON lines), so a run cut short by --budget-s keeps what it measured.
 """
 
@@ -33,18 +35,42 @@ def zoo_models(root: Path) -> dict[str, Path]:
     return found
 
 
+def interval(pair, scale: float = 1.0, shift: float = 0.0) -> str:
+    return "—" if pair is None else f"[{(pair[0] + shift) * scale:+.1f}, {(pair[1] + shift) * scale:+.1f}]"
+
+
+def table(path: Path) -> None:
+    print("| model | grid | NFE | winner | verdict (n) | end L2 change, % | kernel change, % | eval end L2 change, % (n) "
+          "| eval kernel change, % | align s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        c, k, e = r["changes"]["end_l2"], r["changes"]["kernel"], r["eval"]
+        ev = "—" if e is None else f"{(e['end_gap_ratio'] - 1) * 100:+.1f} {interval(e['end_gap_interval'], 100, -1)} ({e['samples']})"
+        ek = "—" if e is None else interval(e["kernel_change_interval"], 100)
+        kc = "—" if k["change"] is None else f"{k['change'] * 100:+.0f} {interval(k['interval'], 100)}"
+        print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | {r['candidate']} | {r['verdict']} ({r['verdict_samples']}) "
+              f"| {c['change'] * 100:+.1f} {interval(c['interval'], 100)} | {kc} | {ev} | {ek} | {r['align_s']:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--table", type=Path, default=None, help="print the rows of this file as a markdown table")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--zoo", type=Path, default=Path("models/zoo"))
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--trajectories", nargs="+", default=["uniform", "quadratic"])
     ap.add_argument("--eval-samples", type=int, default=512)
     ap.add_argument("--eval-reference-nfe", type=int, default=120)
+    ap.add_argument("--eval-trajectories", nargs="+", default=None, help="eval only these (default: all)")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.table is not None:
+        return table(args.table)
+    if args.out is None:
+        ap.error("--out is required (or --table)")
     torch.set_num_threads(args.threads)
     start = time.time()
     models = zoo_models(args.zoo)
@@ -64,26 +90,29 @@ def main() -> None:
                     align_s = time.time() - t0
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
-                    report = trajectory_gap(model, plan, artifact.taus, num_samples=args.eval_samples, batch_size=256,
-                                            reference_nfe=args.eval_reference_nfe, seed=7)
                     v = artifact.validation
+                    c = v.changes["end_l2"]
+                    line = (f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
+                            f"verdict {v.verdict:12} L2 {c.change:+.1%} [{c.interval[0]:+.1%}, {c.interval[1]:+.1%}] "
+                            f"kernel {v.changes['kernel'].verdict} (n={v.num_samples})")
                     row = {"model": name, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
                            "fit_s": artifact.fit.seconds, "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
-                           "reference_error": v.reference.error_l2,
-                           "eval": {"samples": report.num_samples, "end_gap_ratio": report.end_gap_ratio,
-                                    "end_gap_interval": report.end_gap_interval,
-                                    "kernel_baseline": report.kernel_baseline, "kernel_aligned": report.kernel_aligned,
-                                    "kernel_change_interval": report.kernel_change_interval,
-                                    "frechet_pixel": [report.frechet_pixel_baseline, report.frechet_pixel_aligned]}}
+                           "reference_error": v.reference.error_l2, "eval": None}
+                    if args.eval_trajectories is None or trajectory in args.eval_trajectories:
+                        e = trajectory_gap(model, plan, artifact.taus, num_samples=args.eval_samples, batch_size=256,
+                                           reference_nfe=args.eval_reference_nfe, seed=7)
+                        row["eval"] = {"samples": e.num_samples, "reference_nfe": e.reference_nfe,
+                                       "end_gap_ratio": e.end_gap_ratio, "end_gap_interval": e.end_gap_interval,
+                                       "kernel_baseline": e.kernel_baseline, "kernel_aligned": e.kernel_aligned,
+                                       "kernel_change_interval": e.kernel_change_interval,
+                                       "frechet_pixel": [e.frechet_pixel_baseline, e.frechet_pixel_aligned]}
+                        k = e.kernel_change_interval or (float("nan"), float("nan"))
+                        line += (f"  eval n={e.num_samples}: L2 x{e.end_gap_ratio:.3f} [{e.end_gap_interval[0]:.3f}, "
+                                 f"{e.end_gap_interval[1]:.3f}] kernel [{k[0]:+.0%}, {k[1]:+.0%}]")
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
-                    c, e = v.changes["end_l2"], report
-                    k = e.kernel_change_interval or (float("nan"), float("nan"))
-                    print(f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
-                          f"verdict {v.verdict:12} L2 {c.change:+.1%} (n={v.num_samples})  eval n={e.num_samples}: "
-                          f"L2 x{e.end_gap_ratio:.3f} [{e.end_gap_interval[0]:.3f}, {e.end_gap_interval[1]:.3f}] "
-                          f"kernel [{k[0]:+.0%}, {k[1]:+.0%}]", flush=True)
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":
