@@ -4,8 +4,8 @@ Shared by ``eval`` (trajectory gap, Fig. 2) and the verdict of ``align``. The re
 DPM-Solver-2 (second order) with every interval of the grid subdivided uniformly in
 lambda = log(alpha/sigma), so it passes through every grid point. On the demo model, on the
 uniform 10-step grid, its mean end-point error at 100 network evaluations is 0.16, DDIM's 0.43
-(``python benchmarks/reference_accuracy.py``, against a 2000-evaluation solve; DDIM-10's own
-error is 4.0). ``reference_error`` estimates its error on every run.
+(against a 2000-evaluation solve, 32 samples; DDIM-10's own error is 4.0; measured ad hoc,
+``benchmarks/reference_accuracy.py`` is the command that measures it). ``reference_error`` estimates its error on every run.
 """
 
 from __future__ import annotations
