@@ -64,6 +64,14 @@ def _reference_states(eps, x: torch.Tensor, fine: Sequence[float], per: int, ctx
     return states
 
 
+def _start(eps, seed: int, idx: range, sample_shape: Sequence[int], device) -> tuple[torch.Tensor, object]:
+    """Samples ``idx`` of ``seed``: their x_T, and the model bound to their per-sample labels
+    (class-conditional models)."""
+    cond = conditioning_of(eps)
+    labels = None if cond is None else cond.per_sample_labels(seed, idx).to(device)
+    return PerSampleNoise(seed, idx, sample_shape, device)(), bind_labels(eps, labels)
+
+
 def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape: Sequence[int],
                     reference_ends: torch.Tensor, *, seed: int, device: torch.device | str = "cpu",
                     batch_size: int = 64) -> float | None:
@@ -74,15 +82,14 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
     count = reference_ends.shape[0]
     if count == 0:
         return None
-    schedule, cond = eps.schedule, conditioning_of(eps)
+    schedule = eps.schedule
     per = reference_grid(grid, reference_nfe, schedule)[1]
     half = reference_grid(grid, reference_nfe, schedule, per // 2)[0]
     total = 0.0
     for lo in range(0, count, batch_size):
         idx = range(lo, min(count, lo + batch_size))
         with torch.no_grad():
-            x_T = PerSampleNoise(seed, idx, sample_shape, device)()
-            labelled = bind_labels(eps, None if cond is None else cond.per_sample_labels(seed, idx).to(device))
+            x_T, labelled = _start(eps, seed, idx, sample_shape, device)
             coarse = run_sampler(REFERENCE_SOLVER, labelled, x_T, half, None, StepContext(schedule)).cpu()
         total += float((coarse - reference_ends[lo : lo + len(idx)]).flatten(1).norm(dim=1).sum())
     return total / count / 3
@@ -126,13 +133,11 @@ def paired_trajectories(
     schedule = eps.schedule
     fine, per = reference_grid(union, reference_nfe, schedule)
     at = {t: k for k, t in enumerate(union)}
-    cond = conditioning_of(eps)
     batches = math.ceil(num_samples / batch_size)
     for b in range(batches):
         idx = range(start + b * batch_size, start + min(num_samples, (b + 1) * batch_size))
         with torch.no_grad():
-            x_T = PerSampleNoise(seed, idx, sample_shape, device)()
-            labelled = bind_labels(eps, None if cond is None else cond.per_sample_labels(seed, idx).to(device))
+            x_T, labelled = _start(eps, seed, idx, sample_shape, device)
             reference = _reference_states(labelled, x_T, fine, per, StepContext(schedule, 0.0))
             out = {"reference": [reference[at[float(t)]] for t in grid]}
             out.update({f"reference:{name}": [reference[at[float(t)]] for t in g] for name, (g, _) in own.items()})
