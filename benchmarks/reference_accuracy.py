@@ -46,7 +46,7 @@ def main() -> None:
 
     truth, seconds = solve(REFERENCE_SOLVER, reference_grid(grid, args.truth_nfe, schedule)[0])
     print(f"{model.info.source}, {args.trajectory} {args.steps} steps, {args.samples} samples; truth: "
-          f"{REFERENCE_SOLVER} at {args.truth_nfe} NFE ({seconds:.0f} s)")
+          f"{REFERENCE_SOLVER} at {args.truth_nfe} NFE ({seconds:.0f} s)", flush=True)
     err = lambda y: float((y - truth).flatten(1).norm(dim=1).mean())  # noqa: E731
     print(f"{'solver':>34} {'NFE':>5} {'error':>8} {'estimated':>10} {'s':>6}")
     for nfe in (args.steps, 100, 200):

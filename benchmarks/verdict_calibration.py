@@ -2,7 +2,7 @@
 
     python benchmarks/verdict_calibration.py [--model gmm:dim=16,components=4,seed=3] [--nfe 5 10]
         [--trajectories uniform quadratic] [--directions 16] [--scales 0.01 0.03 0.1 0.3] [--repeats 3]
-        [--samples 64 256] [--threads 2]
+        [--samples 64 256] [--reference-nfe 60] [--threads 2]
 
 Per grid: tau sets perturbed around the plain times (``calibration.perturbed_taus``), each one's
 truth from 2048 samples, each judged --repeats times on fresh held-out seeds by the default rule
@@ -45,13 +45,15 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--samples", type=int, nargs=2, default=[64, 256])
+    ap.add_argument("--reference-nfe", type=int, default=60, help="evaluations of the verdict's reference")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    settings = ValidationSettings(args.samples[0], args.samples[1], 60)
+    settings = ValidationSettings(args.samples[0], args.samples[1], args.reference_nfe)
     total = Rates()
-    print(f"{args.model}, ddim, verdict looks {settings.looks()}, {args.repeats} verdicts per tau set")
+    print(f"{args.model}, ddim, verdict looks {settings.looks()}, reference {args.reference_nfe} evaluations, "
+          f"{args.repeats} verdicts per tau set")
     for trajectory in args.trajectories:
         for nfe in args.nfe:
             grid = make_grid(trajectory, nfe, model.eps.schedule)
