@@ -28,7 +28,7 @@ from .artifact import (
     read_artifact,
     utc_now,
 )
-from .compare import REFERENCE_SOLVER, Candidate, paired_trajectories, reference_nfe_of, union_grid
+from .compare import REFERENCE_DESCRIPTION, Candidate, paired_trajectories, reference_nfe_of, union_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
 from .features import FeatureReference
@@ -40,7 +40,7 @@ from .progress import Progress
 from .samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
 from .schedule import NoiseSchedule
 from .trajectory import make_grid, resolve_rho
-from .validation import ValidationSettings, validate
+from .validation import ValidationSettings, unchanged, validate
 from .verdict import kernel_change, mean_ratio_change
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
@@ -155,7 +155,9 @@ def align(
     if result.grid is not None:
         plan = plan.with_grid(result.grid, model.eps.schedule)
     checked = None
-    if validation is not None:
+    if validation is not None and result.grid is None and result.taus == list(plan.eval_times):
+        checked = unchanged(plan.sampler, plan.eta, validation, seed=seed)
+    elif validation is not None:
         checked = validate(model.eps, plan.baseline_grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
                            validation, batch_size=max(config.batch_size, 64), seed=seed, device=device,
                            gamma=plan.gammas, aligned_grid=plan.grid if plan.base_grid is not None else None,
@@ -196,6 +198,8 @@ def not_better_message(artifact: TauArtifact) -> str | None:
     v = artifact.validation
     if v is None or v.better:
         return None
+    if v.verdict == "unchanged":
+        return f"the fit found no taus better than the plain sampler: {v.summary()}"
     shown = "worse than" if v.verdict == "worse" else "not shown better than"
     return f"the aligned taus are {shown} the plain sampler: {v.summary()}"
 
@@ -451,7 +455,7 @@ def trajectory_gap(
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.label, nfe=plan.nfe, num_samples=num_samples, seed=seed,
-        reference=f"{REFERENCE_SOLVER}, every interval cut uniformly in log-SNR",
+        reference=REFERENCE_DESCRIPTION,
         reference_nfe=reference_nfe_of(union_grid(plan.baseline_grid, candidates), reference_nfe, model.eps.schedule),
         timesteps=list(plan.baseline_grid), timesteps_aligned=list(plan.grid) if fitted else None,
         taus=list(taus), gap_baseline=base, gap_aligned=aligned,

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .compare import reference_grid
+from .compare import reference_grid, reference_solve
 from .samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
 from .validation import ValidationSettings, validate
 from .verdict import kernel_change
@@ -38,15 +38,15 @@ def perturbed_taus(grid: Sequence[float], schedule, directions: int, scales: Seq
 
 class Truth:
     """End-point ratio and kernel change of tau sets on ``grid`` from ``samples`` noises against a
-    DPM-Solver-2 reference with ``reference_nfe`` evaluations (computed once)."""
+    reference (``compare``'s solver) with ``reference_nfe`` evaluations (computed once)."""
 
     def __init__(self, eps, grid: Sequence[float], sample_shape, samples: int = 2048, reference_nfe: int = 800):
         self.eps, self.grid = eps, list(grid)
         self.x = PerSampleNoise(424242, range(samples), sample_shape)()
         self.ctx = StepContext(eps.schedule)
         with torch.no_grad():
-            self.ref = run_sampler("dpm-solver-2", eps, self.x, reference_grid(grid, reference_nfe, eps.schedule)[0],
-                                   None, self.ctx)
+            self.ref = reference_solve(eps, self.x, reference_grid([grid[0], grid[-1]], reference_nfe, eps.schedule)[0],
+                                       self.ctx)
             self.plain = run_sampler("ddim", eps, self.x, self.grid, None, self.ctx)
 
     def __call__(self, taus: Sequence[float]) -> tuple[float, float]:

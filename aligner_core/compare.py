@@ -1,11 +1,11 @@
 """Baseline vs aligned sampler against an accurate reference, from the same noise.
 
-Shared by ``eval`` (trajectory gap, Fig. 2) and the verdict of ``align``. The reference is
-DPM-Solver-2 (second order) with every interval of the grid subdivided uniformly in
-lambda = log(alpha/sigma), so it passes through every grid point. On the demo model, on the
-uniform 10-step grid, its mean end-point error at 100 network evaluations is 0.16, DDIM's 0.43
-(against a 2000-evaluation solve, 32 samples; DDIM-10's own error is 4.0; measured ad hoc,
-``benchmarks/reference_accuracy.py`` is the command that measures it). ``reference_error`` estimates its error on every run.
+Shared by ``eval`` (trajectory gap, Fig. 2), the verdict of ``align`` and the joint fit's teacher.
+The reference is DPM-Solver++(2M) (second order, one network evaluation per step) with every
+interval of the grid subdivided uniformly in lambda = log(alpha/sigma), so it passes through
+every grid point; the verdict and the teacher need only the end point and take the grid [t_K, t_0].
+``reference_error`` estimates its own error on every run; ``benchmarks/reference_accuracy.py``
+measures it against a 2000-step solve.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import torch
 
 from .model import bind_labels, conditioning_of
 from .progress import Progress
-from .samplers import PerSampleNoise, StepContext, run_sampler
+from .samplers import PerSampleNoise, StepContext, dpm_solver_pp_2m, run_sampler
 from .schedule import NoiseSchedule
 
-REFERENCE_SOLVER = "dpm-solver-2"
-REFERENCE_EVALS_PER_STEP = 2
+REFERENCE_SOLVER = "dpm-solver++(2m)"
+REFERENCE_DESCRIPTION = f"{REFERENCE_SOLVER}, steps uniform in log-SNR"
+REFERENCE_EVALS_PER_STEP = 1
+reference_solve = dpm_solver_pp_2m
 
 
 def refine_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float], int]:
@@ -37,7 +39,7 @@ def refine_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float],
 def reference_grid(grid: Sequence[float], reference_nfe: int, schedule: NoiseSchedule,
                    per: int | None = None) -> tuple[list[float], int]:
     """The reference's grid: every interval of ``grid`` cut into ``per`` equal parts in lambda,
-    by default the fewest even number giving at least ``reference_nfe`` evaluations of the
+    by default the fewest even number giving at least ``reference_nfe`` network evaluations of the
     reference solver (even, so that ``reference_error`` can halve it)."""
     if per is None:
         per = 2 * max(1, math.ceil(reference_nfe / (2 * REFERENCE_EVALS_PER_STEP * (len(grid) - 1))))
@@ -58,10 +60,7 @@ def reference_nfe_of(grid: Sequence[float], reference_nfe: int, schedule: NoiseS
 def _reference_states(eps, x: torch.Tensor, fine: Sequence[float], per: int, ctx: StepContext) -> list[torch.Tensor]:
     """The reference's states at every ``per``-th point of ``fine`` (the coarse grid), keeping only
     those in memory rather than all of the fine trajectory."""
-    states = [x.to(torch.float64)]
-    for i in range(0, len(fine) - 1, per):
-        states.append(run_sampler(REFERENCE_SOLVER, eps, states[-1], fine[i : i + per + 1], None, ctx))
-    return states
+    return reference_solve(eps, x, fine, ctx, keep=range(0, len(fine), per))
 
 
 def _start(eps, seed: int, idx: range, sample_shape: Sequence[int], device) -> tuple[torch.Tensor, object]:
@@ -77,8 +76,8 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
                     batch_size: int = 64) -> float | None:
     """The reference's own end-point error, estimated on ``reference_ends`` (samples 0.. of
     ``seed``) by Richardson's rule: the mean L2 to a reference with half the sub-steps from the same
-    noise, divided by 2^2 - 1 = 3 (the solver is of order 2; on the demo model it measured 1.8, see
-    ``benchmarks/reference_accuracy.py``)."""
+    noise, divided by 2^2 - 1 = 3 (the solver is of order 2; ``benchmarks/reference_accuracy.py``
+    compares this estimate with the error against a 2000-step solve)."""
     count = reference_ends.shape[0]
     if count == 0:
         return None
@@ -90,7 +89,7 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
         idx = range(lo, min(count, lo + batch_size))
         with torch.no_grad():
             x_T, labelled = _start(eps, seed, idx, sample_shape, device)
-            coarse = run_sampler(REFERENCE_SOLVER, labelled, x_T, half, None, StepContext(schedule)).cpu()
+            coarse = reference_solve(labelled, x_T, half, StepContext(schedule)).cpu()
         total += float((coarse - reference_ends[lo : lo + len(idx)]).flatten(1).norm(dim=1).sum())
     return total / count / 3
 
@@ -120,6 +119,7 @@ def paired_trajectories(
     gamma=None,
     progress: Progress | None = None,
     start: int = 0,
+    ends_only: bool = False,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per batch of the samples ``start .. start + num_samples - 1``: the states at every point of
     ``grid`` of the reference (see the module docstring) under the name "reference", and of the
@@ -127,9 +127,10 @@ def paired_trajectories(
     candidate on a grid of its own, e.g. a fitted one, whose reference states are under
     "reference:<name>"), all from the same x_T (and, for a class-conditional model, the same
     per-sample labels); stochastic samplers share their step noise between candidates. The
-    reference passes through the points of every grid."""
+    reference passes through the points of every grid; with ``ends_only`` it solves [t_K, t_0]
+    in one piece and "reference" holds only its start and end (what the verdict needs)."""
     own = {name: (list(c[0]), c[1]) for name, c in candidates.items() if isinstance(c, tuple)}
-    union = union_grid(grid, candidates)
+    union = [grid[0], grid[-1]] if ends_only else union_grid(grid, candidates)
     schedule = eps.schedule
     fine, per = reference_grid(union, reference_nfe, schedule)
     at = {t: k for k, t in enumerate(union)}
@@ -139,8 +140,11 @@ def paired_trajectories(
         with torch.no_grad():
             x_T, labelled = _start(eps, seed, idx, sample_shape, device)
             reference = _reference_states(labelled, x_T, fine, per, StepContext(schedule, 0.0))
-            out = {"reference": [reference[at[float(t)]] for t in grid]}
-            out.update({f"reference:{name}": [reference[at[float(t)]] for t in g] for name, (g, _) in own.items()})
+            if ends_only:
+                out = {"reference": reference}
+            else:
+                out = {"reference": [reference[at[float(t)]] for t in grid]}
+                out.update({f"reference:{name}": [reference[at[float(t)]] for t in g] for name, (g, _) in own.items()})
             for name, chosen in candidates.items():
                 noise = PerSampleNoise(seed + 1, idx, sample_shape, device)
                 path, taus = own[name] if name in own else (grid, chosen)

@@ -10,7 +10,7 @@ Two strategies:
 Objectives and optimizers are pluggable (``OBJECTIVES``, ``OPTIMIZERS``); a ``FitConfig`` names
 them, and ``PRESETS`` holds named configurations. Besides the per-step objectives, ``joint``
 (LD3-style, Tong et al. 2024) fits all taus at once with Adam so that the sampler's end point
-matches a fine DDIM teacher's from the same x_T (``fit_joint``). ``official`` reproduces the paper's code:
+matches an accurate teacher's from the same x_T (``fit_joint``). ``official`` reproduces the paper's code:
 tau = r * t with r initialised at 1, Adam lr 2e-3, 500 iterations per step with fresh noise
 each iteration, the final step (to t_0) left untuned.
 """
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UsageError
 from .progress import Progress
-from .compare import REFERENCE_SOLVER, reference_grid, refine_grid
+from .compare import reference_grid, reference_solve, refine_grid
 from .model import bind_labels, conditioning_of
 from .samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
 from .schedule import NoiseSchedule
@@ -48,8 +48,8 @@ class FitConfig(BaseModel):
     tune_last_step: bool = Field(False, description="also fit the final step to t_0")
     window: float = Field(0.5, gt=0, description="golden: search tau in t_i +- window * (t_i - t_{i-1})")
     teacher_steps: int = Field(20, ge=2, description="teacher objective: DDIM sub-steps per interval")
-    teacher_nfe: int = Field(60, ge=2, description="joint objective: network evaluations of the teacher (DPM-Solver-2, "
-                             "log-SNR sub-steps, at least 2 per interval)")
+    teacher_nfe: int = Field(60, ge=2, description="joint objective: network evaluations of the teacher "
+                             "(DPM-Solver++(2M), steps uniform in log-SNR from t_K to t_0)")
     candidates: tuple[Literal["taus", "grid+taus", "grid"], ...] | None = Field(
         None, description="joint objective: what to fit (taus alone, the grid's interior points with the taus, the grid "
         "alone; the grid needs ddim); the one with the lowest held-out loss wins. None: taus and grid+taus for ddim, else taus")
@@ -64,7 +64,7 @@ PRESETS: dict[str, FitConfig] = {
     "golden": FitConfig(),
     # The official implementation's settings (see module docstring).
     "official": FitConfig(optimizer="adam", lr=2e-3, iterations=500, batch_size=64, fresh_noise=True),
-    # All taus jointly against the end point of a DPM-Solver-2 teacher with at least 60 evaluations;
+    # All taus jointly against the end point of a DPM-Solver++(2M) teacher with 60 evaluations;
     # lr in units of the step width (tau = t + delta * (t - s)), iterations = Adam steps per candidate.
     "joint": FitConfig(objective="joint", optimizer="adam", lr=0.05, iterations=50, batch_size=8, num_samples=64),
 }
@@ -389,6 +389,7 @@ def fit_taus(
 JOINT_CANDIDATES = ("taus", "grid+taus", "grid")
 DEFAULT_CANDIDATES = ("taus", "grid+taus")  # ddim; "grid" alone rarely won on the mixture (docs/RESULTS.md)
 POOL_PER_PARAMETER = 4  # fitting noises per fitted number, at least
+ALPHA_FLOOR = 1e-3  # below it a tau is not fitted (see fit_joint)
 
 
 def fit_joint(
@@ -406,7 +407,7 @@ def fit_joint(
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
     delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean squared distance of the
     sampler's end point to a teacher's from the same x_T (the reference solver of ``compare``,
-    DPM-Solver-2 with log-SNR sub-steps, ``teacher_nfe`` evaluations at least), plus ``norm_weight``
+    ``teacher_nfe`` log-SNR-uniform steps of DPM-Solver++(2M) from t_K to t_0), plus ``norm_weight``
     times the squared difference of their mean squares (per sample): the L2 term alone can buy a
     lower error with shrunken samples, which the verdict's kernel distance then calls worse (on the
     mixture's uniform 5-step grid: end L2 -40%, kernel distance +95%; with the term -41% / -45%).
@@ -430,16 +431,20 @@ def fit_joint(
     nominal = torch.tensor(nominal_eval_times(sampler, grid, schedule), dtype=torch.float64, device=device)
     widths = torch.tensor([grid[j] - grid[j + 1] for j in range(steps) for _ in range(per)], dtype=torch.float64,
                           device=device)
-    parameters = max((len(nominal) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
+    # Where alpha_t < ALPHA_FLOOR the tau stays at t: the step's x0 estimate (x - sigma_t eps) / alpha_t
+    # makes the loss a cliff in tau there (a cosine schedule's capped last beta: alpha falls from
+    # 3.1e-3 to 4.9e-5 over its last timestep, and every move of that tau blew the fit up).
+    free = (schedule.alpha(nominal) >= ALPHA_FLOOR).to(torch.float64)
+    parameters = max((int(free.sum()) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
     n = max(config.num_samples, POOL_PER_PARAMETER * parameters)
     cond = conditioning_of(eps)
     x_T = torch.randn((n + config.holdout, *sample_shape), generator=gen, dtype=torch.float64).to(device)
     labels = None if cond is None else cond.random_labels(n + config.holdout, gen).to(device)
-    fine, _ = reference_grid(grid, 0, schedule, math.ceil(config.teacher_nfe / (2 * steps)))
+    fine, _ = reference_grid([grid[0], grid[-1]], config.teacher_nfe, schedule)
     ctx = StepContext(schedule, 0.0)
     with torch.no_grad():
-        teacher = torch.cat([run_sampler(REFERENCE_SOLVER, bind_labels(eps, b.labels), b.x_t, fine, None, ctx)
-                             for b in Batch(x_T, None, labels).batches(config.batch_size)])
+        teacher = torch.cat([reference_solve(bind_labels(eps, b.labels), b.x_t, fine, ctx)
+                             for b in Batch(x_T, None, labels).batches(max(config.batch_size, 64))])
     everything = Batch(x_T, None, labels, teacher)
     pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
@@ -457,8 +462,8 @@ def fit_joint(
     for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
         # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
         warm = fits["taus"] if name == "grid+taus" and "taus" in fits else None
-        fits[name] = _fit_candidate(name, k, base, nominal, widths, warm, pool, losses, holdout_loss, plain, config,
-                                    seed, progress)
+        fits[name] = _fit_candidate(name, k, base, nominal, widths * free, warm, pool, losses, holdout_loss, plain,
+                                    config, seed, progress)
     winner = min(fits, key=lambda name: fits[name][0].holdout_loss)
     result, fitted_grid, fitted = fits[winner]
     if progress:
@@ -474,10 +479,13 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
                    start: tuple | None, pool: Batch, losses, holdout_loss, plain: float, config: FitConfig, seed: int,
                    progress: Progress | None) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
     """Adam on one candidate's parameters (see ``fit_joint``), from the plain times or from ``start``
-    (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss."""
+    (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss. ``widths``
+    is 0 for the evaluations whose tau stays at t."""
     gen = torch.Generator().manual_seed(int(seed) * 7919 + index)
     logits = torch.log(base[:-1] - base[1:]).requires_grad_(name != "taus")
-    initial = torch.zeros_like(nominal) if start is None else (start[2] - nominal) / widths
+    free = widths > 0
+    initial = torch.zeros_like(nominal) if start is None else \
+        torch.where(free, start[2] - nominal, 0.0) / widths.clamp(min=1e-12)
     delta = initial.clone().requires_grad_(name != "grid")
 
     def grid_of(z: torch.Tensor) -> torch.Tensor:
@@ -489,7 +497,7 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
     def taus_of(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         if name == "taus":
             return nominal + widths * d
-        return g[:-1] + d * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
+        return g[:-1] + d * free * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
 
     best = (CandidateFit(holdout_loss=plain, best_iteration=0), base, nominal) if start is None else \
         (CandidateFit(holdout_loss=start[0].holdout_loss, best_iteration=0), base, start[2])

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .compare import REFERENCE_SOLVER, paired_trajectories, reference_error, reference_nfe_of, union_grid
+from .compare import REFERENCE_DESCRIPTION, paired_trajectories, reference_error, reference_nfe_of
 from .progress import Progress
 from .samplers import is_stochastic
 from .verdict import Change, Verdict, kernel_change, mean_ratio_change
@@ -90,7 +90,7 @@ class ReferenceInfo(BaseModel):
 class Validation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    verdict: Verdict
+    verdict: Verdict | Literal["unchanged"]  # unchanged: the fit kept the plain sampler's times, nothing to compare
     better: bool  # verdict == "better"
     metrics: list[str]
     decided_by: list[str]
@@ -105,6 +105,8 @@ class Validation(BaseModel):
 
     def summary(self) -> str:
         """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 samples)``."""
+        if self.verdict == "unchanged":
+            return "no fit beat the plain sampler's times on the held-out noises of the fit: unchanged"
         level = "" if self.confidence is None else f", {self.confidence:.0%} intervals"
         parts = ", ".join(self.changes[m].describe(m) for m in self.metrics)
         return f"{parts} ({self.num_samples} held-out samples{level}): {self.verdict}"
@@ -136,23 +138,23 @@ def validate(
     fitted) on held-out seeds, looking at more samples while the verdict is inconclusive."""
     seed = seed + HELD_OUT_SEED_OFFSET
     candidates = {"baseline": None, "aligned": taus if aligned_grid is None else (aligned_grid, taus)}
-    union = union_grid(grid, candidates)
+    ends = [grid[0], grid[-1]]  # the reference solves [t_K, t_0] in one piece: only end points are compared
     decided_by = ["kernel"] if is_stochastic(sampler, eta) else ["end_l2", "kernel"]
     looks = settings.looks()
     level = 1 - (1 - settings.confidence) / len(looks)
-    ends: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
+    points_of: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
     start, done, checked = time.perf_counter(), 0, []
     for look, n in enumerate(looks):
         if progress:
             progress(look, len(looks), f"validating on {n} held-out samples")
         for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=n - done,
                                           reference_nfe=settings.reference_nfe, seed=seed, device=device,
-                                          batch_size=batch_size, gamma=gamma, start=done):
-            for name in ends:
-                ends[name].append(states[name][-1].cpu())
+                                          batch_size=batch_size, gamma=gamma, start=done, ends_only=True):
+            for name in points_of:
+                points_of[name].append(states[name][-1].cpu())
         done = n
         checked.append(n)
-        points = {name: torch.cat(chunks) for name, chunks in ends.items()}
+        points = {name: torch.cat(chunks) for name, chunks in points_of.items()}
         errors = {name: (points[name] - points["reference"]).flatten(1).norm(dim=1) for name in ("baseline", "aligned")}
         changes = {"end_l2": mean_ratio_change(errors["baseline"], errors["aligned"], level),
                    "kernel": kernel_change(points["baseline"], points["aligned"], points["reference"], level)}
@@ -164,17 +166,27 @@ def validate(
         if settings.budget_s is not None and elapsed * following / n > settings.budget_s:
             break
     count = min(REFERENCE_ERROR_SAMPLES, done)
-    error = reference_error(eps, union, settings.reference_nfe, sample_shape, points["reference"][:count], seed=seed,
+    error = reference_error(eps, ends, settings.reference_nfe, sample_shape, points["reference"][:count], seed=seed,
                             device=device, batch_size=batch_size)
     return Validation(
         verdict=verdict, better=verdict == "better", metrics=["end_l2", "kernel"], decided_by=decided_by,
         baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},
         changes={m: MetricVerdict.of(c) for m, c in changes.items()}, confidence=settings.confidence,
         num_samples=done, looks=checked, seed=seed,
-        reference=ReferenceInfo(solver=f"{REFERENCE_SOLVER}, every interval cut uniformly in log-SNR",
-                                nfe=reference_nfe_of(union, settings.reference_nfe, eps.schedule), error_l2=error,
+        reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION,
+                                nfe=reference_nfe_of(ends, settings.reference_nfe, eps.schedule), error_l2=error,
                                 error_samples=count),
     )
+
+
+def unchanged(sampler: str, eta: float, settings: ValidationSettings = ValidationSettings(), *, seed: int = 0) -> Validation:
+    """The verdict without a comparison when the fit kept the plain sampler's times: the aligned
+    sampler *is* the plain one, so no sample could show it better (spares up to ``max_samples``)."""
+    return Validation(
+        verdict="unchanged", better=False, metrics=[], decided_by=["kernel"] if is_stochastic(sampler, eta) else
+        ["end_l2", "kernel"], baseline={}, aligned={}, changes={}, confidence=settings.confidence, num_samples=0, looks=[],
+        seed=seed + HELD_OUT_SEED_OFFSET, reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION, nfe=0, error_l2=None,
+                                                                  error_samples=0))
 
 
 def upgrade_v3(data: dict) -> dict:

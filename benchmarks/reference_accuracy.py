@@ -1,12 +1,14 @@
-"""How accurate is the verdict's reference? End-point error of DDIM and of the reference solver
-(DPM-Solver-2, log-SNR sub-steps) at several NFE, against a much finer solve, in one run.
+"""How accurate is the verdict's reference (and the fit's teacher)? End-point error of the
+few-step DDIM being judged, of DPM-Solver-2 (the 0.2.0 development reference) and of the reference
+solver (DPM-Solver++(2M)) at several NFE, all with steps uniform in log-SNR from t_K to t_0,
+against a much finer solve of the reference solver, in one run.
 
     python benchmarks/reference_accuracy.py [--model PATH] [--trajectory uniform] [--steps 10]
         [--samples 32] [--truth-nfe 2000] [--threads 2]
 
-Prints the mean per-sample L2 to the truth of: the few-step DDIM being judged, DDIM with every
-interval subdivided (the old reference), the reference solver at each NFE, and the error that
-``compare.reference_error`` estimates for it (Richardson, from half the sub-steps).
+Prints the mean per-sample L2 to the truth, and for the reference solver also the error that
+``compare.reference_error`` estimates for it (Richardson, from half the steps). The first line
+checks the truth against DPM-Solver-2 at the same NFE.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 import torch
 
-from dpm_align.aligner_core.compare import REFERENCE_SOLVER, reference_error, reference_grid, refine_grid
+from dpm_align.aligner_core.compare import REFERENCE_SOLVER, reference_error, reference_grid, reference_solve
 from dpm_align.aligner_core.loading import load_model
 from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
 from dpm_align.aligner_core.trajectory import make_grid
@@ -35,29 +37,35 @@ def main() -> None:
     model = load_model(args.model)
     schedule = model.eps.schedule
     grid = make_grid(args.trajectory, args.steps, schedule, None)
+    ends = [grid[0], grid[-1]]
     x = PerSampleNoise(5, range(args.samples), model.sample_shape)()
     ctx = StepContext(schedule)
 
-    def solve(name: str, fine) -> tuple[torch.Tensor, float]:
+    def timed(solve) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
         with torch.no_grad():
-            out = run_sampler(name, model.eps, x, fine, None, ctx)
+            out = solve()
         return out, time.perf_counter() - start
 
-    truth, seconds = solve(REFERENCE_SOLVER, reference_grid(grid, args.truth_nfe, schedule)[0])
-    print(f"{model.info.source}, {args.trajectory} {args.steps} steps, {args.samples} samples; truth: "
-          f"{REFERENCE_SOLVER} at {args.truth_nfe} NFE ({seconds:.0f} s)", flush=True)
+    def lam(nfe: int, per_step: int) -> list[float]:
+        return reference_grid(ends, 0, schedule, nfe // per_step)[0]
+
+    truth, seconds = timed(lambda: reference_solve(model.eps, x, lam(args.truth_nfe, 1), ctx))
+    check, _ = timed(lambda: run_sampler("dpm-solver-2", model.eps, x, lam(args.truth_nfe, 2), None, ctx))
     err = lambda y: float((y - truth).flatten(1).norm(dim=1).mean())  # noqa: E731
-    print(f"{'solver':>34} {'NFE':>5} {'error':>8} {'estimated':>10} {'s':>6}")
-    for nfe in (args.steps, 100, 200):
-        y, s = solve("ddim", refine_grid(grid, nfe)[0])
-        print(f"{'ddim (t-subdivided)':>34} {nfe:>5} {err(y):>8.4f} {'':>10} {s:>6.1f}")
-    for nfe in (40, 100, 200):
-        fine, per = reference_grid(grid, nfe, schedule)
-        y, s = solve(REFERENCE_SOLVER, fine)
-        estimate = reference_error(model.eps, grid, nfe, model.sample_shape, y, seed=5)
-        print(f"{REFERENCE_SOLVER + ' (log-SNR sub-steps)':>34} {per * 2 * args.steps:>5} {err(y):>8.4f} "
-              f"{estimate:>10.4f} {s:>6.1f}", flush=True)
+    print(f"{model.info.source}, {args.trajectory} {args.steps} steps, {args.samples} samples; truth: "
+          f"{REFERENCE_SOLVER} at {args.truth_nfe} NFE ({seconds:.0f} s); dpm-solver-2 at {args.truth_nfe} NFE "
+          f"differs by {err(check):.2e}", flush=True)
+    print(f"{'solver':>18} {'NFE':>5} {'error':>8} {'estimated':>10} {'s':>6}")
+    y, s = timed(lambda: run_sampler("ddim", model.eps, x, grid, None, ctx))
+    print(f"{'ddim (judged)':>18} {args.steps:>5} {err(y):>8.4f} {'':>10} {s:>6.1f}")
+    for nfe in (50, 100, 200):
+        y, s = timed(lambda: run_sampler("dpm-solver-2", model.eps, x, lam(nfe, 2), None, ctx))
+        print(f"{'dpm-solver-2':>18} {nfe:>5} {err(y):>8.4f} {'':>10} {s:>6.1f}", flush=True)
+    for nfe in (50, 100, 200):
+        y, s = timed(lambda: reference_solve(model.eps, x, lam(nfe, 1), ctx))
+        estimate = reference_error(model.eps, ends, nfe, model.sample_shape, y, seed=5)
+        print(f"{REFERENCE_SOLVER:>18} {nfe:>5} {err(y):>8.4f} {estimate:>10.4f} {s:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

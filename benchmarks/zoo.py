@@ -2,13 +2,15 @@
 
     python benchmarks/zoo.py --table rows.jsonl     # the rows as a markdown table
     python benchmarks/zoo.py --out rows.jsonl [--zoo models/zoo] [--nfe 5 10] [--trajectories uniform quadratic]
-        [--eval-samples 512] [--eval-reference-nfe 120] [--eval-trajectories uniform] [--budget-s 3000] [--threads 2]
+        [--eval-samples 512] [--eval-reference-nfe 100] [--eval-trajectories uniform] [--budget-s 3000] [--threads 2]
 
 For every zoo model x trajectory x NFE (DDIM, seed 0): the default `align` with its default verdict
 (held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
 samples (only on --eval-trajectories, to save time on CPU): the end-point ratio and the kernel
-distance with their 95% intervals. Rows are appended to
---out as they finish (JSON lines), so a run cut short by --budget-s keeps what it measured.
+distance with their 95% intervals. Per model it first prints whether the model's own samples are
+sane: RMS and largest |x| of 16 reference samples (data in [-1, 1]; a model whose ODE runs off to
+|x| >> 1 makes every distance meaningless). Rows are appended to --out as they finish (JSON
+lines), so a run cut short by --budget-s keeps what it measured.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan, align, trajectory_gap
+from dpm_align.aligner_core.compare import reference_grid, reference_solve
 from dpm_align.aligner_core.fit import resolve_config
 from dpm_align.aligner_core.loading import load_model
+from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext
 from dpm_align.aligner_core.validation import ValidationSettings
 
 
@@ -35,22 +39,36 @@ def zoo_models(root: Path) -> dict[str, Path]:
     return found
 
 
+def sample_scale(model) -> dict[str, float]:
+    """RMS and largest |x| of 16 samples of the model's ODE (the reference solver, 100 steps)."""
+    schedule = model.eps.schedule
+    x = PerSampleNoise(0, range(16), model.sample_shape)()
+    with torch.no_grad():
+        y = reference_solve(model.eps, x, reference_grid([schedule.t_max, 0.0], 100, schedule)[0], StepContext(schedule))
+    return {"rms": float(y.square().mean().sqrt()), "max_abs": float(y.abs().max())}
+
+
 def interval(pair, scale: float = 1.0, shift: float = 0.0) -> str:
     return "—" if pair is None else f"[{(pair[0] + shift) * scale:+.1f}, {(pair[1] + shift) * scale:+.1f}]"
 
 
 def table(path: Path) -> None:
     print("| model | grid | NFE | winner | verdict (n) | end L2 change, % | kernel change, % | eval end L2 change, % (n) "
-          "| eval kernel change, % | align s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| eval kernel change, % | eval pixel FD ratio | align s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for line in path.read_text().splitlines():
         r = json.loads(line)
+        if r["verdict"] == "unchanged":
+            print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | (plain) | unchanged (0) | — | — | — | — | — "
+                  f"| {r['align_s']:.0f} |")
+            continue
         c, k, e = r["changes"]["end_l2"], r["changes"]["kernel"], r["eval"]
         ev = "—" if e is None else f"{(e['end_gap_ratio'] - 1) * 100:+.1f} {interval(e['end_gap_interval'], 100, -1)} ({e['samples']})"
         ek = "—" if e is None else interval(e["kernel_change_interval"], 100)
+        fd = "—" if e is None else f"{e['frechet_pixel'][1] / e['frechet_pixel'][0]:.3f}"
         kc = "—" if k["change"] is None else f"{k['change'] * 100:+.0f} {interval(k['interval'], 100)}"
         print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | {r['candidate']} | {r['verdict']} ({r['verdict_samples']}) "
-              f"| {c['change'] * 100:+.1f} {interval(c['interval'], 100)} | {kc} | {ev} | {ek} | {r['align_s']:.0f} |")
+              f"| {c['change'] * 100:+.1f} {interval(c['interval'], 100)} | {kc} | {ev} | {ek} | {fd} | {r['align_s']:.0f} |")
 
 
 def main() -> None:
@@ -62,7 +80,7 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--trajectories", nargs="+", default=["uniform", "quadratic"])
     ap.add_argument("--eval-samples", type=int, default=512)
-    ap.add_argument("--eval-reference-nfe", type=int, default=120)
+    ap.add_argument("--eval-reference-nfe", type=int, default=100)
     ap.add_argument("--eval-trajectories", nargs="+", default=None, help="eval only these (default: all)")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--threads", type=int, default=2)
@@ -79,6 +97,8 @@ def main() -> None:
             if args.models and name not in args.models:
                 continue
             model = load_model(str(path))
+            scale = sample_scale(model)
+            print(f"{name}: samples rms {scale['rms']:.3f}, max |x| {scale['max_abs']:.2f}", flush=True)
             for trajectory in args.trajectories:
                 for nfe in args.nfe:
                     if time.time() - start > args.budget_s:
@@ -91,15 +111,14 @@ def main() -> None:
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
-                    c = v.changes["end_l2"]
                     line = (f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
-                            f"verdict {v.verdict:12} L2 {c.change:+.1%} [{c.interval[0]:+.1%}, {c.interval[1]:+.1%}] "
-                            f"kernel {v.changes['kernel'].verdict} (n={v.num_samples})")
-                    row = {"model": name, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
+                            f"{v.summary()}")
+                    row = {"model": name, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
                            "fit_s": artifact.fit.seconds, "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
                            "reference_error": v.reference.error_l2, "eval": None}
-                    if args.eval_trajectories is None or trajectory in args.eval_trajectories:
+                    if v.verdict != "unchanged" and (args.eval_trajectories is None
+                                                     or trajectory in args.eval_trajectories):
                         e = trajectory_gap(model, plan, artifact.taus, num_samples=args.eval_samples, batch_size=256,
                                            reference_nfe=args.eval_reference_nfe, seed=7)
                         row["eval"] = {"samples": e.num_samples, "reference_nfe": e.reference_nfe,

@@ -195,7 +195,7 @@ def align_cmd(
     validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look")] = 128,
     validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many")] = 512,
     validation_budget: Annotated[Optional[float], typer.Option(min=0, help="verdict: seconds after which no further look is started [default: no limit; a limit makes the verdict depend on the machine's speed]")] = None,
-    validation_reference_nfe: Annotated[int, typer.Option(min=2, help="verdict: network evaluations of the DPM-Solver-2 reference")] = 100,
+    validation_reference_nfe: Annotated[int, typer.Option(min=2, help="verdict: network evaluations of the reference (DPM-Solver++(2M), steps uniform in log-SNR)")] = 100,
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="verdict: family-wise confidence of the intervals")] = 0.95,
     keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if the verdict is not 'better'")] = False,
     seed: SeedOpt = 0,
@@ -362,7 +362,8 @@ def _print_table(artifact) -> None:
     if v is not None:
         r = v.reference
         error = "" if r.error_l2 is None else f", its own error ~{r.error_l2:.2g}"
-        typer.echo(f"verdict: {v.summary()} [reference: {r.solver}, {r.nfe} evaluations{error}]")
+        where = "" if v.verdict == "unchanged" else f" [reference: {r.solver}, {r.nfe} evaluations{error}]"
+        typer.echo(f"verdict: {v.summary()}{where}")
 
 
 @app.command("eval")
@@ -374,7 +375,7 @@ def eval_cmd(
     sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    reference_nfe: Annotated[int, typer.Option(min=2, help="network evaluations of the reference (DPM-Solver-2, log-SNR sub-steps), at least")] = 1000,
+    reference_nfe: Annotated[int, typer.Option(min=2, help="network evaluations of the reference (DPM-Solver++(2M), every interval cut uniformly in log-SNR), at least")] = 1000,
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,

@@ -107,3 +107,36 @@ def test_second_order_samplers_fit_taus_alone(gmm_eps):
     grid = make_grid("uniform", 3, gmm_eps.schedule)
     result = fit_taus(gmm_eps, gmm_eps.schedule, grid, "dpm-solver-2", 0.0, resolve_config("default", iterations=10), SHAPE)
     assert set(result.candidates) == {"taus"} and result.grid is None and len(result.taus) == 6
+
+
+def test_taus_stay_where_alpha_is_near_zero():
+    """A cosine schedule's capped last beta leaves alpha(999) = 4.9e-5: the first step's tau is not
+    fitted there (the loss is a cliff in it); the other taus are."""
+    from dpm_align.aligner_core.gmm import GaussianMixture, GMMEpsNet
+    from dpm_align.aligner_core.model import EpsModel
+
+    schedule = NoiseSchedule(ScheduleSpec(beta_schedule="squaredcos_cap_v2"))
+    eps = EpsModel(GMMEpsNet(GaussianMixture.random(3, 64, seed=0), schedule), schedule, "epsilon", dtype=torch.float64)
+    grid = make_grid("uniform", 4, schedule)
+    result = fit_taus(eps, schedule, grid, "ddim", 0.0, resolve_config("default", iterations=20), SHAPE)
+    assert result.taus[0] == grid[0] and result.candidates[result.candidate].best_iteration > 0
+    assert result.taus[1:] != list(grid[1:-1])
+
+
+def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, tmp_path, monkeypatch):
+    from dpm_align.aligner_core import fit
+    from dpm_align.aligner_core.api import SamplingPlan, align, not_better_message
+    from dpm_align.aligner_core.loading import load_model
+    from dpm_align.aligner_core.validation import ValidationSettings
+
+    model = load_model(GMM)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 4)
+    artifact = align(model, plan, resolve_config("default", lr=0.0, iterations=10), validation=ValidationSettings())
+    v = artifact.validation
+    assert v.verdict == "unchanged" and not v.better and v.num_samples == 0 and artifact.taus == list(plan.eval_times)
+    assert "no taus better than the plain sampler" in not_better_message(artifact)
+    monkeypatch.setitem(fit.PRESETS, "joint", fit.PRESETS["joint"].model_copy(update={"lr": 0.0}))
+    result = cli("align", "--model", GMM, "--nfe", "4", "--iterations", "10", "--out", tmp_path / "u.json", "--quiet",
+                 "--device", "cpu")
+    one_line_error(result, 3, "the fit found no taus better than the plain sampler")
+    assert not (tmp_path / "u.json").exists()

@@ -7,7 +7,8 @@ from dpm_align.aligner_core.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.model import EpsModel
 from dpm_align.aligner_core.nets import TinyUNet
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, get_sampler, resolve_eta, run_sampler
+from dpm_align.aligner_core.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_2m, get_sampler, resolve_eta,
+                                             run_sampler)
 from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.aligner_core.trajectory import make_grid
 
@@ -158,6 +159,28 @@ def test_convergence_order_on_the_exact_gmm_model(gmm_eps, name, order):
     errors = [float((run_sampler(name, gmm_eps, x, make_grid("logsnr", k, gmm_eps.schedule), None, ctx) - ref)
                     .flatten(1).norm(dim=1).median()) for k in (20, 40)]
     assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.25)
+
+
+def test_dpm_solver_pp_2m_is_second_order_and_matches_its_formula(gmm_eps):
+    """The reference solver: halving the step divides the error by about 4 on the exact mixture
+    (against a 1000-step DPM-Solver-2), and its second step is Lu et al. (2022b) Algorithm 2 by hand."""
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sched = gmm_eps.schedule
+    ctx = StepContext(sched)
+    ref = run_sampler("dpm-solver-2", gmm_eps, x, refine_grid(make_grid("logsnr", 20, sched), 1000)[0], None, ctx)
+    errors = [float((dpm_solver_pp_2m(gmm_eps, x, make_grid("logsnr", k, sched), ctx) - ref).flatten(1).norm(dim=1)
+                    .median()) for k in (20, 40)]
+    assert errors[0] / errors[1] == pytest.approx(4, rel=0.25)
+    grid = [999.0, 600.0, 250.0]
+    (a0, s0), (a1, s1), (a2, s2) = (sched.coeffs(t) for t in grid)
+    l0, l1, l2 = (math.log(a / s) for a, s in ((a0, s0), (a1, s1), (a2, s2)))
+    d0 = (x - s0 * gmm_eps(x, grid[0])) / a0
+    x1 = s1 / s0 * x + a1 * (1 - math.exp(-(l1 - l0))) * d0  # first step: DDIM in data prediction
+    d1 = (x1 - s1 * gmm_eps(x1, grid[1])) / a1
+    r = (l1 - l0) / (l2 - l1)
+    x2 = s2 / s1 * x1 + a2 * (1 - math.exp(-(l2 - l1))) * ((1 + 1 / (2 * r)) * d1 - d0 / (2 * r))
+    states = dpm_solver_pp_2m(gmm_eps, x, grid, ctx, keep=[1, 2])
+    assert torch.allclose(states[0], x1, atol=1e-10) and torch.allclose(states[1], x2, atol=1e-10)
 
 
 def test_deterministic_samplers_take_no_eta():
