@@ -24,10 +24,9 @@ from .artifact import (
     trajectory_label,
     cache_path,
     check_artifact_matches,
-    check_fitted_grid,
-    read_artifact,
     utc_now,
 )
+from .artifact_check import load_artifact
 from .compare import REFERENCE_DESCRIPTION, Candidate, paired_trajectories, reference_nfe_of, union_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
@@ -221,7 +220,7 @@ def resolve_plan(
     a fitted grid comes from the artifact. ``use_taus=False`` is the plain sampler."""
     schedule = model.eps.schedule
     if taus_path is not None and use_taus:
-        artifact = read_artifact(taus_path)
+        artifact = load_artifact(taus_path)
         label = None if trajectory is None else trajectory_label(trajectory, resolve_rho(trajectory, rho))
         check_artifact_matches(artifact, model=model.info, sampler=sampler, trajectory=label, nfe=nfe,
                                eta=None if eta is None else resolve_eta(artifact.sampler.name, eta),
@@ -239,7 +238,7 @@ def resolve_plan(
             "--model/--sampler/--trajectory/--nfe (and --guidance-scale/--null-class) or pass --taus FILE "
             "(`sample --no-taus` runs the plain sampler)"
         )
-    artifact = read_artifact(path)
+    artifact = load_artifact(path)
     check_artifact_matches(artifact, model=model.info, sampler=plan.sampler, eta=plan.eta,
                            trajectory=plan.label, nfe=plan.nfe, conditioning=model.eps.conditioning, path=path)
     return _with_artifact(plan, artifact, model, path, device), artifact, path
@@ -247,9 +246,9 @@ def resolve_plan(
 
 def _with_artifact(plan: SamplingPlan, artifact: TauArtifact, model: LoadedModel, path: Path,
                    device: torch.device | str) -> SamplingPlan:
-    """The plan with the artifact's fitted grid (if any) and Gamma table (analytic samplers)."""
+    """The plan with the artifact's fitted grid (if any; ``check_artifact`` has checked it) and Gamma
+    table (analytic samplers)."""
     if artifact.trajectory.fitted:
-        check_fitted_grid(plan.grid, artifact.trajectory.timesteps, path)
         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
     return plan.with_gammas(model, table=artifact.analytic, device=device)
 

@@ -1,7 +1,8 @@
 """The tau artifact: a versioned JSON document (pydantic, extra="forbid"), its key, the cache.
 
 Artifacts are written atomically (temp file in the same directory + os.replace) and looked up by
-key; a reader refuses an artifact whose model, sampler or trajectory differ from the request.
+key; a reader refuses an artifact whose model, sampler or trajectory differ from the request, and
+checks its values first (``artifact_check``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -125,15 +126,6 @@ def trajectory_label(kind: str, rho: float | None = None) -> str:
     """The trajectory as it appears in keys: the kind, plus rho for edm (``edm-rho7``). A fitted
     grid is keyed by its kind: it is what was asked for."""
     return f"{kind}-rho{rho:g}" if rho is not None else kind
-
-
-def check_fitted_grid(base: Sequence[float], fitted: Sequence[float], where: str | Path) -> None:
-    """A fitted grid keeps the kind grid's length and ends and decreases strictly."""
-    ok = (len(fitted) == len(base) and abs(fitted[0] - base[0]) < 1e-6 and abs(fitted[-1] - base[-1]) < 1e-6
-          and all(a > b for a, b in zip(fitted[:-1], fitted[1:])))
-    if not ok:
-        raise DpmAlignError(f"{where}: the fitted grid must have {len(base)} strictly decreasing timesteps from "
-                            f"{base[0]:g} to {base[-1]:g}; re-create it with `dpm-align align --fit-grid`")
 
 
 def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int,

@@ -13,12 +13,14 @@ from .errors import UsageError
 
 
 @contextmanager
-def atomic_file(path: Path, suffix: str, option: str) -> Iterator[Path]:
+def atomic_file(path: Path, suffix: str, option: str, make_parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path``, on any
-    error it is removed. ``option`` names the CLI option to fix when the directory is not writable."""
+    error it is removed. ``option`` names the CLI option to fix when the directory is not writable;
+    ``make_parents``: create the missing directories above ``path``."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:

@@ -26,6 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .artifact import TauArtifact, read_artifact
+from .artifact_check import check_artifact
 from .model import PREDICTION_TYPES
 from .schedule import NoiseSchedule, ScheduleSpec
 
@@ -95,8 +96,10 @@ class AlignedScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_artifact(cls, artifact: TauArtifact | str | Path, *, unet: torch.nn.Module | None = None) -> "AlignedScheduler":
-        """From a ``TauArtifact`` or the path of one. With ``unet`` (a diffusers UNet2DModel),
-        also check that the artifact was fitted for exactly these weights (sha256)."""
+        """From a ``TauArtifact`` or the path of one, after the check every command runs
+        (``check_artifact``: ``ArtifactError`` on a NaN or out-of-range tau, a tampered grid, ...).
+        With ``unet`` (a diffusers UNet2DModel), also check that the artifact was fitted for
+        exactly these weights (sha256)."""
         path = None
         if not isinstance(artifact, TauArtifact):
             path = str(Path(artifact).expanduser().resolve())
@@ -106,6 +109,7 @@ class AlignedScheduler(SchedulerMixin, ConfigMixin):
                 f"artifact {artifact.key} was fitted for the {artifact.sampler.name} sampler; AlignedScheduler "
                 f"supports only {' and '.join(SUPPORTED_SAMPLERS)} artifacts"
             )
+        check_artifact(artifact, source=path or f"artifact {artifact.key}")
         if unet is not None:
             from .loading import DiffusersUNet, weights_sha256
 

@@ -11,6 +11,14 @@ class DpmAlignError(Exception):
     exit_code = 1
 
 
+class ArtifactError(DpmAlignError):
+    """A tau artifact that parses but fails ``check_artifact`` (a NaN or out-of-range tau, a grid
+    that does not match its schedule, an inconsistent verdict, ...): exit code 1, like every
+    ``inspect --check`` failure."""
+
+    exit_code = 1
+
+
 class UsageError(DpmAlignError):
     """Invalid arguments or input files (exit code 2)."""
 

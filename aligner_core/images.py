@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +40,18 @@ def _pil(array: np.ndarray):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def check_out_dir(out: Path) -> None:
+    """Fail early, creating nothing, when ``out`` cannot be made or written: it, or its nearest
+    existing parent, must be a writable directory."""
+    existing = Path(out)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        _unwritable(out, "not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _unwritable(out, "permission denied")
+
+
 def prepare_out_dir(out: Path) -> Path:
     out = Path(out)
     try:
@@ -45,36 +60,54 @@ def prepare_out_dir(out: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"cannot write to {out} ({exc.strerror or exc}); choose a writable --out directory") from None
+        _unwritable(out, exc.strerror or str(exc))
     return out
+
+
+def _unwritable(out: Path, why: str) -> None:
+    raise UsageError(f"cannot write to {out} ({why}); choose a writable --out directory") from None
 
 
 def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int = 0,
                  labels: Sequence[int] | None = None) -> list[Path]:
     """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``.
-    Class labels go into the .npz (``labels``) or ``labels.json`` ({"00000.png": label, ...})."""
+    Class labels go into the .npz (``labels``) or ``labels.json`` ({"00000.png": label, ...}).
+
+    The files are written into a hidden staging directory inside ``out`` and renamed into place
+    only when all are complete: an error or Ctrl-C while writing leaves ``out`` as it was (a
+    directory made for this call is removed again), never a partial set or a half-written file."""
     if fmt not in ("png", "npz"):
         raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
+    made = not Path(out).exists()
     out = prepare_out_dir(out)
-    images = to_uint8(x)
-    written = []
+    staging = Path(tempfile.mkdtemp(prefix=".dpm-align-samples.", dir=out))
+    try:
+        names = _write_samples(to_uint8(x), staging, fmt, start_index, labels)
+        for name in names:
+            os.replace(staging / name, out / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    staging.rmdir()
+    return [out / name for name in names]
+
+
+def _write_samples(images: np.ndarray, directory: Path, fmt: str, start_index: int,
+                   labels: Sequence[int] | None) -> list[str]:
+    """The files of ``save_samples`` in ``directory``; returns their names, grid.png last."""
+    names = []
     if fmt == "png":
         for k, img in enumerate(images):
-            path = out / f"{start_index + k:05d}.png"
-            _pil(img).save(path)
-            written.append(path)
+            names.append(f"{start_index + k:05d}.png")
+            _pil(img).save(directory / names[-1])
         if labels is not None:
-            path = out / "labels.json"
-            path.write_text(json.dumps({p.name: int(c) for p, c in zip(written, labels)}, indent=0) + "\n")
-            written.append(path)
+            (directory / "labels.json").write_text(json.dumps(dict(zip(names, map(int, labels))), indent=0) + "\n")
+            names.append("labels.json")
     else:
-        path = out / "samples.npz"
-        tmp = out / ".samples.npz.tmp.npz"
         extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
-        np.savez_compressed(tmp, images=images, **extra)
-        tmp.replace(path)
-        written.append(path)
-    grid = out / "grid.png"
-    _pil(make_grid(images[:256])).save(grid)
-    written.append(grid)
-    return written
+        np.savez_compressed(directory / "samples.npz", images=images, **extra)
+        names.append("samples.npz")
+    _pil(make_grid(images[:256])).save(directory / "grid.png")
+    return [*names, "grid.png"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import atomic_file
 from .errors import UsageError
 
 
@@ -22,7 +23,8 @@ def _figure(path: Path, ncols: int = 1, title: str = ""):
         yield axes[0]
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_file(path, ".tmp.png", "plot", make_parents=False) as tmp:  # never a half-written PNG
+            fig.savefig(tmp, dpi=100, format="png")
     except OSError as exc:
         raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable plot path") from None
     finally:

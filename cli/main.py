@@ -1,4 +1,5 @@
-"""``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 not better."""
+"""``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails
+its check), 2 usage error, 3 not better, 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -25,32 +26,28 @@ from dpm_align.aligner_core.api import (
     resolve_plan,
     trajectory_gap,
 )
-from dpm_align.aligner_core.artifact import (
-    cache_path,
-    check_artifact_matches,
-    ensure_writable,
-    read_artifact,
-    write_artifact,
-)
+from dpm_align.aligner_core.artifact import cache_path, ensure_writable, read_artifact, write_artifact
+from dpm_align.aligner_core.artifact_check import check_artifact
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.exports import export_schedule
 from dpm_align.aligner_core.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.images import prepare_out_dir, save_samples
-from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
+from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir, save_samples
+from dpm_align.aligner_core.inspection import inspect_rows
 from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.loading import load_model, resolve_device
 from dpm_align.aligner_core.samplers import is_stochastic, resolve_eta
 
-from .output import emit_json, handle_errors, progress_bar, stderr
+from .output import INTERRUPTED, emit_json, handle_errors, interrupted, progress_bar, stderr
 
 stdout = Console(soft_wrap=True)
 
 app = typer.Typer(
     name="dpm-align",
     help="Fit, store and use aligned timesteps (DPM-Aligner) for few-step diffusion sampling.\n\n"
-    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that does not belong to the model), 2 usage error, "
-    "3 align: the fitted taus are not better than the plain sampler (nothing written).",
+    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails its check or does not belong to the model), "
+    "2 usage error, 3 align: the fitted taus are not better than the plain sampler (nothing written), "
+    "130 interrupted (Ctrl-C).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -273,7 +270,7 @@ def sample_cmd(
         raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
-    prepare_out_dir(out)
+    check_out_dir(out)  # fail fast, creating nothing: the directory is made when the samples are saved
     loaded, dev = spec.load(device)
     plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
@@ -307,33 +304,25 @@ def sample_cmd(
 def inspect_cmd(
     spec: ModelSpec,
     file: Annotated[Path, typer.Argument(help="tau artifact (.json)")],
-    check: Annotated[bool, typer.Option("--check", help="verify the artifact (grid, schedule; with --model: that it belongs to it); exit 1 if not")] = False,
+    check: Annotated[bool, typer.Option("--check", help="also list what was verified (every command checks an artifact before using it: finite values, taus near their times, grid and schedule, verdict; with --model: that it belongs to it); exit 1 on a failure")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG of tau_i - t_i and the per-step loss")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="json | diffusers (integer timesteps) | sigmas (k-diffusion style); one JSON document on stdout")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI; --plot; --format for other tools."""
     artifact = read_artifact(file)
+    checks = check_artifact(artifact, spec.load("cpu")[0].info if spec.given else None, source=file)
     if fmt is not None:
         emit_json(export_schedule(artifact, fmt))
         return
     if plot is not None:
         plot_artifact(artifact, plot)
-    checks = []
-    if check:
-        checks = check_artifact(artifact)
-        if spec.given:
-            loaded, _ = spec.load("cpu")
-            check_artifact_matches(artifact, model=loaded.info, path=file)
-            checks.append(f"belongs to model {loaded.info.source} (sha256 {loaded.info.sha256[:16]}…)")
     if json_out:
         document = artifact.model_dump(mode="json")
-        if check:
-            document = {"artifact": document, "checks": checks, "ok": True}
-        emit_json(document)
+        emit_json({"artifact": document, "checks": checks, "ok": True} if check else document)
         return
     _print_table(artifact)
-    for line in checks:
+    for line in checks if check else ():
         typer.echo(f"ok: {line}")
 
 
@@ -392,7 +381,7 @@ def eval_cmd(
     """Trajectory gap (Fig. 2): baseline vs aligned distance to a high-NFE reference, per step and at the end;
     FID / feature-space Fréchet distance (and KID, Inception Score) to real data with --inception-weights or --feature-net."""
     if plot is not None:
-        prepare_out_dir(plot)
+        check_out_dir(plot)  # fail fast, creating nothing: the directory is made when the plots are written
     if inception_weights is not None and feature_net is not None:
         raise UsageError("--inception-weights and --feature-net both name a feature network; pass one of them")
     if inception_weights is None and feature_net is None and (data or reference_stats or save_stats):
@@ -409,6 +398,7 @@ def eval_cmd(
                                 reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
                                 device=dev, progress=progress)
     if plot is not None:
+        prepare_out_dir(plot)
         plot_gap(report, plot / "gap.png")
         plot_artifact(artifact, plot / "taus.png")
         if report.ablation:
@@ -461,8 +451,9 @@ def run() -> None:
     """The console script: Typer/Click usage errors too become one ``error:`` line and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:
-        code = 130
+    except typer.Abort:  # Click's form of a Ctrl-C outside a command (while parsing the options)
+        interrupted()
+        code = INTERRUPTED
     except typer.TyperException as exc:  # Typer's (vendored Click) parsing errors
         code = getattr(exc, "exit_code", 2)
         if type(exc).__name__ != "NoArgsIsHelpError":  # a bare `dpm-align` has printed the help already

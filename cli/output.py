@@ -24,6 +24,14 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def interrupted() -> None:
+    """The one line of a Ctrl-C (files are written atomically, so none is left half-written)."""
+    stderr.print("error: interrupted; no file was left half-written", highlight=False, markup=False)
+
+
 def handle_errors(command: Callable) -> Callable:
     """One-line ``error: ...`` on stderr and the error's exit code instead of a traceback."""
 
@@ -35,8 +43,8 @@ def handle_errors(command: Callable) -> Callable:
             stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            stderr.print("error: interrupted; nothing was written", highlight=False)
-            raise typer.Exit(130) from None
+            interrupted()
+            raise typer.Exit(INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # an unexpected bug: still one line unless DPM_ALIGN_DEBUG is set

@@ -16,7 +16,8 @@ from dpm_align.aligner_core.artifact import (
 )
 from dpm_align.aligner_core.errors import DpmAlignError, UsageError
 from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.inspection import check_artifact, inspect_rows
+from dpm_align.aligner_core.artifact_check import check_artifact
+from dpm_align.aligner_core.inspection import inspect_rows
 from dpm_align.aligner_core.loading import load_model
 
 
@@ -137,10 +138,10 @@ def test_explicit_taus_file_fills_settings_and_rejects_conflicts(artifact, tiny,
 
 
 def test_check_recomputes_grid_and_detects_tampering(artifact):
-    assert len(check_artifact(artifact)) == 3
+    assert len(check_artifact(artifact)) == 4
     tampered = artifact.model_copy(update={"trajectory": artifact.trajectory.model_copy(
         update={"timesteps": [999.0, 600.0, 333.0, 0.0]})})
-    with pytest.raises(DpmAlignError, match="timesteps differ from the uniform grid"):
+    with pytest.raises(DpmAlignError, match=r"trajectory.timesteps\[1\] = 600 differs from the uniform grid"):
         check_artifact(tampered)
     assert [row[0] for row in inspect_rows(artifact)] == ["1", "2", "3"]
 
