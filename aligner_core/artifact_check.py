@@ -145,6 +145,10 @@ def _grid(artifact: TauArtifact) -> str | None:
 
 def _coefficients(artifact: TauArtifact) -> str | None:
     traj = artifact.trajectory
+    for i, (a, s) in enumerate(zip(traj.alphas, traj.sigmas)):  # variance preserving, whatever the schedule
+        if not _close(a * a + s * s, 1.0):
+            return (f"trajectory.alphas[{i}]^2 + trajectory.sigmas[{i}]^2 = {a * a + s * s:.9g}, not 1 (variance "
+                    f"preserving); {RECREATE}")
     schedule = NoiseSchedule(artifact.model.schedule)
     grid = torch.tensor(traj.timesteps, dtype=torch.float64)
     for name, stored, expected in (("alphas", traj.alphas, schedule.alpha(grid).tolist()),
@@ -152,9 +156,6 @@ def _coefficients(artifact: TauArtifact) -> str | None:
         problem = _first_difference(f"trajectory.{name}", stored, expected, "the stored schedule at the grid")
         if problem is not None:
             return problem
-    for i, (a, s) in enumerate(zip(traj.alphas, traj.sigmas)):
-        if not _close(a * a + s * s, 1.0):
-            return f"trajectory alphas[{i}]^2 + sigmas[{i}]^2 = {a * a + s * s:.9g}, not 1; {RECREATE}"
     return None
 
 

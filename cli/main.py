@@ -38,7 +38,7 @@ from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.loading import load_model, resolve_device
 from dpm_align.aligner_core.samplers import is_stochastic, resolve_eta
 
-from .output import INTERRUPTED, emit_json, handle_errors, interrupted, progress_bar, stderr
+from .output import emit_json, handle_errors, progress_bar, stderr
 
 stdout = Console(soft_wrap=True)
 
@@ -451,9 +451,8 @@ def run() -> None:
     """The console script: Typer/Click usage errors too become one ``error:`` line and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:  # Click's form of a Ctrl-C outside a command (while parsing the options)
-        interrupted()
-        code = INTERRUPTED
+    except typer.Abort:
+        code = 130
     except typer.TyperException as exc:  # Typer's (vendored Click) parsing errors
         code = getattr(exc, "exit_code", 2)
         if type(exc).__name__ != "NoArgsIsHelpError":  # a bare `dpm-align` has printed the help already

@@ -24,14 +24,6 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
-
-
-def interrupted() -> None:
-    """The one line of a Ctrl-C (files are written atomically, so none is left half-written)."""
-    stderr.print("error: interrupted; no file was left half-written", highlight=False, markup=False)
-
-
 def handle_errors(command: Callable) -> Callable:
     """One-line ``error: ...`` on stderr and the error's exit code instead of a traceback."""
 
@@ -42,9 +34,9 @@ def handle_errors(command: Callable) -> Callable:
         except DpmAlignError as exc:
             stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            interrupted()
-            raise typer.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt:  # exit 130 = 128 + SIGINT, as a shell reports it; every write is atomic
+            stderr.print("error: interrupted; no file was left half-written", highlight=False, markup=False)
+            raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # an unexpected bug: still one line unless DPM_ALIGN_DEBUG is set

@@ -102,3 +102,19 @@ def tiny_unet(seed: int = 0):
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     ).eval().requires_grad_(False)
+
+
+GMM_TINY = "gmm:dim=16,components=3"  # an exact model that loads and samples in milliseconds
+
+
+@pytest.fixture(scope="session")
+def gmm_artifact(tmp_path_factory) -> dict:
+    """A valid artifact for GMM_TINY (ddim, uniform, NFE 4, the taus alone, a small verdict kept
+    whatever it says) as JSON values: the base that the reliability and fuzz tests mutate."""
+    out = tmp_path_factory.mktemp("gmm-artifact") / "taus.json"
+    result = CliRunner().invoke(app, ["align", "--model", GMM_TINY, "--nfe", "4", "--candidates", "taus", "--iterations",
+                                      "3", "--num-samples", "8", "--validation-samples", "8", "--validation-max-samples",
+                                      "8", "--validation-reference-nfe", "10", "--keep-worse", "--no-cache", "--out",
+                                      str(out), "--device", "cpu", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
