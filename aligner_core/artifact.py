@@ -238,7 +238,7 @@ def read_artifact(path: Path) -> TauArtifact:
         return TauArtifact.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        where = json.dumps(".".join(str(p) for p in err["loc"]), ensure_ascii=False)[1:-1] or "<root>"  # one line
         raise UsageError(
             f"artifact {path} does not match the tau artifact schema v{SCHEMA_VERSION} "
             f"({where}: {err['msg']}); re-create it with `dpm-align align`"

@@ -198,6 +198,9 @@ def _validation(artifact: TauArtifact) -> str | None:
                     f"not {v.num_samples} samples and {len(v.changes)} change(s); {RECREATE}")
         if artifact.taus != artifact.eval_times or artifact.trajectory.fitted:
             return f"validation.verdict 'unchanged' but the taus or the grid differ from the plain sampler's; {RECREATE}"
+    missing = [m for m in v.metrics if m not in v.changes]
+    if missing:
+        return f"validation.metrics names {missing[0]!r}, which validation.changes lacks; {RECREATE}"
     for block in ("baseline", "aligned"):
         value = getattr(v, block).get("end_l2")
         if value is not None and not value >= 0:

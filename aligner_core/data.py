@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def _read_npz(path: Path) -> np.ndarray:
             for key in ("images", "x", "samples", "arr_0", *data.files):
                 if key in data.files and data[key].ndim in (3, 4):
                     return data[key]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty, truncated, not a zip
         raise UsageError(f"cannot read {path} as .npz ({exc}); pass an .npz with an 'images' array") from None
     raise UsageError(f"{path} holds no image array (N,H,W[,C]); save one under the key 'images'")
 

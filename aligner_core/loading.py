@@ -183,19 +183,24 @@ def _build_checkpoint(weights: Path, config_path: Path, trust_pickle: bool) -> t
         raise UsageError(
             f"checkpoint config {config_path} is invalid ({'.'.join(map(str, err['loc']))}: {err['msg']})"
         ) from None
-    if config.architecture == "diffusers-unet2d":
-        from diffusers import UNet2DModel
-
-        net: nn.Module = DiffusersUNet(UNet2DModel.from_config(config.arch_config))
-        target = net.unet
-    elif config.architecture in ARCHITECTURES:
-        net = ARCHITECTURES[config.architecture](**config.arch_config)
-        target = net
-    else:
+    if config.architecture not in (*ARCHITECTURES, "diffusers-unet2d"):
         raise UsageError(
             f"unknown architecture {config.architecture!r} in {config_path}; "
             f"known: {', '.join([*ARCHITECTURES, 'diffusers-unet2d'])}"
         )
+    try:
+        if config.architecture == "diffusers-unet2d":
+            from diffusers import UNet2DModel
+
+            net: nn.Module = DiffusersUNet(UNet2DModel.from_config(config.arch_config))
+            target = net.unet
+        else:
+            net = target = ARCHITECTURES[config.architecture](**config.arch_config)
+    except Exception as exc:  # the constructor's own complaint about a bad arch_config value
+        raise UsageError(
+            f"checkpoint config {config_path}: cannot build {config.architecture} from its arch_config "
+            f"({type(exc).__name__}: {_first_line(exc)}); fix arch_config or re-save the checkpoint"
+        ) from None
     state = _load_state_dict(weights, trust_pickle)
     try:
         target.load_state_dict(state)

@@ -32,7 +32,8 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except DpmAlignError as exc:
-            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            message = " ".join(str(exc).splitlines())  # one line, whatever a file's contents put into it
+            stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # exit 130 = 128 + SIGINT, as a shell reports it; every write is atomic
             stderr.print("error: interrupted; no file was left half-written", highlight=False, markup=False)

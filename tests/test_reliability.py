@@ -96,6 +96,8 @@ CASES = [
     ("unchanged with samples", lambda d: _unchanged(d, num_samples=8), "validation.verdict 'unchanged' (the fit kept the "
      "plain times) needs num_samples 0 and no changes, not 8 samples"),
     ("unchanged with other taus", _unchanged, "validation.verdict 'unchanged' but the taus or the grid differ"),
+    ("a metric without its change", _set("validation.metrics.0", "fid"),
+     "validation.metrics names 'fid', which validation.changes lacks"),
     ("negative end_l2", _set("validation.baseline.end_l2", -1.0), "validation.baseline.end_l2 = -1 is negative"),
     ("a Gamma table on ddim", _set("analytic", lambda d: {"times": d["trajectory"]["timesteps"][:-1],
                                                           "gammas": [1.0] * 4, "source": "data", "num_samples": 8}),
