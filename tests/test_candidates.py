@@ -79,8 +79,8 @@ def test_tampered_fitted_grid_fails_the_check(cli, fitgrid_artifact, tmp_path):
     grid[1], grid[2] = grid[2], grid[1]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(artifact))
-    one_line_error(cli("inspect", bad, "--check"), 1, "the fitted grid must have 5 strictly decreasing timesteps")
-    one_line_error(cli("sample", "--model", GMM, "--taus", bad, "--out", tmp_path / "s"), 1, "strictly decreasing")
+    one_line_error(cli("inspect", bad, "--check"), 1, "trajectory.timesteps must decrease strictly (timesteps[1] = ")
+    one_line_error(cli("sample", "--model", GMM, "--taus", bad, "--out", tmp_path / "s"), 1, "trajectory.timesteps must decrease strictly")
 
 
 @pytest.mark.parametrize("options,fragment", [
