@@ -104,8 +104,8 @@ def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
     assert result.exit_code == 0, result.output
     report = parse_json(result)
     assert len(report["gap_baseline"]) == len(report["gap_aligned"]) == 4
-    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 36  # 3 intervals x 6 sub-steps x 2
-    assert report["reference"].startswith("dpm-solver-2")
+    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 30  # 3 intervals x 10 steps x 1
+    assert report["reference"].startswith("dpm-solver++(2m)")
     low, high = report["end_gap_interval"]
     assert low <= report["end_gap_ratio"] <= high and report["kernel_baseline"] is not None
     assert report["end_gap_aligned"] == report["gap_aligned"][-1]
@@ -378,8 +378,8 @@ def test_align_refuses_taus_not_shown_better_after_every_look(cli, tmp_path, mon
     from dpm_align.aligner_core import api
     from dpm_align.aligner_core.fit import FitResult
 
-    def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times: never shown better
-        return FitResult(list(grid[:-1]), [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
+    def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times moved by 1e-6: never shown better
+        return FitResult([t - 1e-6 for t in grid[:-1]], [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
 
     monkeypatch.setattr(api, "fit_taus", plain_fit)
     base = ("align", "--model", "gmm:dim=16,components=3", "--nfe", "4", "--out", tmp_path / "t.json", "--quiet",
