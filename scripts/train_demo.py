@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="weights file (.safetensors); config is written beside it")
     ap.add_argument("--channels", default="32,64,64")
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock training budget")
-    ap.add_argument("--max-steps", type=int, default=200_000)
+    ap.add_argument("--max-steps", type=int, default=200_000, help="stop after this many steps (the learning rate "
+                    "decays over whichever of the budgets, time or steps, runs out first)")
+    ap.add_argument("--warmup", type=int, default=500, help="learning-rate warm-up steps")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -76,9 +78,9 @@ def main() -> None:
         noise = torch.randn_like(x0)
         a = abar[t].sqrt()[:, None, None, None]
         s = (1 - abar[t]).sqrt()[:, None, None, None]
-        frac = (time.time() - start) / (60 * args.minutes)
-        for group in opt.param_groups:  # warm-up then cosine decay over the time budget
-            group["lr"] = args.lr * min(1.0, (step + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        frac = max((time.time() - start) / (60 * args.minutes), step / args.max_steps)
+        for group in opt.param_groups:  # warm-up then cosine decay over the budget
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         target = noise if args.prediction_type == "epsilon" else a * noise - s * x0  # v = alpha eps - sigma x0
         out = net(a * x0 + s * noise, t.float())
         loss = F.mse_loss(out if args.arch == "tiny-unet" else out.sample, target)
