@@ -48,7 +48,7 @@ def main() -> None:
         return out, time.perf_counter() - start
 
     def lam(nfe: int, per_step: int) -> list[float]:
-        return reference_grid(ends, 0, schedule, nfe // per_step)[0]
+        return reference_grid(ends, nfe // per_step, schedule)[0]
 
     truth, seconds = timed(lambda: reference_solve(model.eps, x, lam(args.truth_nfe, 1), ctx))
     check, _ = timed(lambda: run_sampler("dpm-solver-2", model.eps, x, lam(args.truth_nfe, 2), None, ctx))

@@ -364,7 +364,7 @@ def eval_cmd(
     sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="trajectories to compare")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    reference_nfe: Annotated[int, typer.Option(min=2, help="network evaluations of the reference (DPM-Solver++(2M), every interval cut uniformly in log-SNR), at least")] = 1000,
+    reference_nfe: Annotated[int, typer.Option(min=2, help="network evaluations of the reference (DPM-Solver++(2M), steps of equal log-SNR length through every grid point), at least")] = 1000,
     ablation: Annotated[bool, typer.Option("--ablation", help="Fig. 6: also align only the first k steps, k = 0..K")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="directory for gap.png, taus.png (and ablation.png)")] = None,
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry")] = None,

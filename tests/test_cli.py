@@ -104,7 +104,7 @@ def test_eval_reports_gap_per_step(cli, aligned, tiny_ckpt):
     assert result.exit_code == 0, result.output
     report = parse_json(result)
     assert len(report["gap_baseline"]) == len(report["gap_aligned"]) == 4
-    assert report["gap_baseline"][0] == 0.0 and report["reference_nfe"] == 30  # 3 intervals x 10 steps x 1
+    assert report["gap_baseline"][0] == 0.0 and 30 <= report["reference_nfe"] <= 33  # >= 30, + <= 1 per interval
     assert report["reference"].startswith("dpm-solver++(2m)")
     low, high = report["end_gap_interval"]
     assert low <= report["end_gap_ratio"] <= high and report["kernel_baseline"] is not None
@@ -378,8 +378,9 @@ def test_align_refuses_taus_not_shown_better_after_every_look(cli, tmp_path, mon
     from dpm_align.aligner_core import api
     from dpm_align.aligner_core.fit import FitResult
 
-    def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times moved by 1e-6: never shown better
-        return FitResult([t - 1e-6 for t in grid[:-1]], [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
+    def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times on a "fitted" copy of the grid: never
+        # shown better, and not recognised as unchanged (which skips the verdict)
+        return FitResult(list(grid[:-1]), [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0, grid=list(grid))
 
     monkeypatch.setattr(api, "fit_taus", plain_fit)
     base = ("align", "--model", "gmm:dim=16,components=3", "--nfe", "4", "--out", tmp_path / "t.json", "--quiet",

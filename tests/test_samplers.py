@@ -183,6 +183,18 @@ def test_dpm_solver_pp_2m_is_second_order_and_matches_its_formula(gmm_eps):
     assert torch.allclose(states[0], x1, atol=1e-10) and torch.allclose(states[1], x2, atol=1e-10)
 
 
+def test_reference_grid_passes_every_point_with_near_equal_log_snr_steps():
+    from dpm_align.aligner_core.compare import reference_grid
+
+    grid = [999.0, 990.0, 754.3, 380.2, 0.0]  # a short first interval and a long last one
+    fine, positions = reference_grid(grid, 100, SCHED)
+    assert [fine[k] for k in positions] == grid and 100 <= len(fine) - 1 <= 100 + len(grid) - 1
+    steps = SCHED.lambda_(torch.tensor(fine, dtype=torch.float64)).diff()
+    h = float(SCHED.lambda_(torch.tensor([grid[-1]], dtype=torch.float64)) -
+              SCHED.lambda_(torch.tensor([grid[0]], dtype=torch.float64))) / 100
+    assert bool((steps > 0).all()) and float(steps.max()) <= h * (1 + 1e-9)
+
+
 def test_deterministic_samplers_take_no_eta():
     assert resolve_eta("edm-heun", None) == 0.0
     with pytest.raises(UsageError, match="--eta does not apply to the deterministic sampler dpm-solver-2"):
