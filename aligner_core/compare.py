@@ -60,13 +60,6 @@ def reference_nfe_of(grid: Sequence[float], reference_nfe: int, schedule: NoiseS
     return (len(reference_grid(grid, reference_nfe, schedule)[0]) - 1) * REFERENCE_EVALS_PER_STEP
 
 
-def _reference_states(eps, x: torch.Tensor, fine: Sequence[float], positions: Sequence[int],
-                      ctx: StepContext) -> list[torch.Tensor]:
-    """The reference's states at ``positions`` of ``fine`` (the coarse grid), keeping only those in
-    memory rather than all of the fine trajectory."""
-    return reference_solve(eps, x, fine, ctx, keep=positions)
-
-
 def _start(eps, seed: int, idx: range, sample_shape: Sequence[int], device) -> tuple[torch.Tensor, object]:
     """Samples ``idx`` of ``seed``: their x_T, and the model bound to their per-sample labels
     (class-conditional models)."""
@@ -80,8 +73,9 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
                     batch_size: int = 64) -> float | None:
     """The reference's own end-point error, estimated on ``reference_ends`` (samples 0.. of
     ``seed``) by Richardson's rule: the mean L2 to a reference with half the sub-steps from the same
-    noise, divided by r^2 - 1 (r: the ratio of the step counts, about 2; the solver is of order 2; ``benchmarks/reference_accuracy.py``
-    compares this estimate with the error against a 2000-step solve)."""
+    noise, divided by r^2 - 1 (r: the ratio of the step counts, about 2; the solver is of order 2;
+    ``benchmarks/reference_accuracy.py`` compares this estimate with the error against a 2000-step
+    solve)."""
     count = reference_ends.shape[0]
     if count == 0:
         return None
@@ -143,7 +137,7 @@ def paired_trajectories(
         idx = range(start + b * batch_size, start + min(num_samples, (b + 1) * batch_size))
         with torch.no_grad():
             x_T, labelled = _start(eps, seed, idx, sample_shape, device)
-            reference = _reference_states(labelled, x_T, fine, positions, StepContext(schedule, 0.0))
+            reference = reference_solve(labelled, x_T, fine, StepContext(schedule, 0.0), keep=positions)
             if ends_only:
                 out = {"reference": reference}
             else:

@@ -112,6 +112,11 @@ class Validation(BaseModel):
         return f"{parts} ({self.num_samples} held-out samples{level}): {self.verdict}"
 
 
+def deciding_metrics(sampler: str, eta: float) -> list[str]:
+    """The metrics whose intervals decide: the kernel distance alone for stochastic samplers."""
+    return ["kernel"] if is_stochastic(sampler, eta) else ["end_l2", "kernel"]
+
+
 def decide(changes: dict[str, Change], decided_by: Sequence[str]) -> Verdict:
     if any(changes[m].verdict == "worse" for m in decided_by):
         return "worse"
@@ -139,7 +144,7 @@ def validate(
     seed = seed + HELD_OUT_SEED_OFFSET
     candidates = {"baseline": None, "aligned": taus if aligned_grid is None else (aligned_grid, taus)}
     ends = [grid[0], grid[-1]]  # the reference solves [t_K, t_0] in one piece: only end points are compared
-    decided_by = ["kernel"] if is_stochastic(sampler, eta) else ["end_l2", "kernel"]
+    decided_by = deciding_metrics(sampler, eta)
     looks = settings.looks()
     level = 1 - (1 - settings.confidence) / len(looks)
     points_of: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
@@ -183,10 +188,10 @@ def unchanged(sampler: str, eta: float, settings: ValidationSettings = Validatio
     """The verdict without a comparison when the fit kept the plain sampler's times: the aligned
     sampler *is* the plain one, so no sample could show it better (spares up to ``max_samples``)."""
     return Validation(
-        verdict="unchanged", better=False, metrics=[], decided_by=["kernel"] if is_stochastic(sampler, eta) else
-        ["end_l2", "kernel"], baseline={}, aligned={}, changes={}, confidence=settings.confidence, num_samples=0, looks=[],
-        seed=seed + HELD_OUT_SEED_OFFSET, reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION, nfe=0, error_l2=None,
-                                                                  error_samples=0))
+        verdict="unchanged", better=False, metrics=[], decided_by=deciding_metrics(sampler, eta), baseline={},
+        aligned={}, changes={}, confidence=settings.confidence, num_samples=0, looks=[],
+        seed=seed + HELD_OUT_SEED_OFFSET,
+        reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION, nfe=0, error_l2=None, error_samples=0))
 
 
 def upgrade_v3(data: dict) -> dict:
