@@ -14,7 +14,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 def __getattr__(name: str):
     # Imported on first use only: diffusers is slow to import and not needed by the CLI's core paths.
     if name == "AlignedScheduler":
-        from .diffusers_scheduler import AlignedScheduler
+        from .sampling.diffusers_scheduler import AlignedScheduler
 
         return AlignedScheduler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import __version__
-from .analytic import GammaTable
-from .artifact import (
+from .sampling.analytic import GammaTable
+from .artifacts.artifact import (
     FitInfo,
     SamplerInfo,
     TauArtifact,
@@ -26,21 +26,21 @@ from .artifact import (
     check_artifact_matches,
     utc_now,
 )
-from .artifact_check import load_artifact
-from .compare import REFERENCE_DESCRIPTION, Candidate, paired_trajectories, reference_nfe_of, union_grid
+from .artifacts.artifact_check import load_artifact
+from .evaluation.compare import REFERENCE_DESCRIPTION, Candidate, paired_trajectories, reference_nfe_of, union_grid
 from .data import load_data
 from .errors import DpmAlignError, UsageError
-from .features import FeatureReference
-from .fit import FitConfig, fit_taus
-from .gamma_cache import cached_gammas
-from .loading import LoadedModel
-from .metrics import frechet_distance
+from .evaluation.features import FeatureReference
+from .fitting.fit import FitConfig, fit_taus
+from .sampling.gamma_cache import cached_gammas
+from .models.loading import LoadedModel
+from .evaluation.metrics import frechet_distance
 from .progress import Progress
-from .samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
-from .schedule import NoiseSchedule
-from .trajectory import make_grid, resolve_rho
-from .validation import ValidationSettings, unchanged, validate
-from .verdict import kernel_change, mean_ratio_change
+from .sampling.samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
+from .sampling.schedule import NoiseSchedule
+from .sampling.trajectory import make_grid, resolve_rho
+from .evaluation.validation import ValidationSettings, unchanged, validate
+from .evaluation.verdict import kernel_change, mean_ratio_change
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
 

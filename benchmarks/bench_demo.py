@@ -16,8 +16,8 @@ import time
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan, align, trajectory_gap
-from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.loading import load_model
+from dpm_align.aligner_core.fitting.fit import resolve_config
+from dpm_align.aligner_core.models.loading import load_model
 
 
 def main() -> None:

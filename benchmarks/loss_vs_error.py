@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan
-from dpm_align.aligner_core.compare import refine_grid
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.samplers import StepContext, ddim_step, run_sampler
+from dpm_align.aligner_core.evaluation.compare import refine_grid
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.sampling.samplers import StepContext, ddim_step, run_sampler
 
 MODELS = {"demo": None, "cifar10": "models/cifar10/model.safetensors", "gmm": "gmm"}
 OFFSETS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # tau - t_i in units of the step width

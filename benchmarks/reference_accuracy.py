@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from dpm_align.aligner_core.compare import REFERENCE_SOLVER, reference_error, reference_grid, reference_solve
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
-from dpm_align.aligner_core.trajectory import make_grid
+from dpm_align.aligner_core.evaluation.compare import REFERENCE_SOLVER, reference_error, reference_grid, reference_solve
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
+from dpm_align.aligner_core.sampling.trajectory import make_grid
 
 
 def main() -> None:

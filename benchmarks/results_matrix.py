@@ -30,13 +30,13 @@ import torch
 
 from dpm_align.aligner_core.api import SamplingPlan
 from dpm_align.aligner_core.data import load_data
-from dpm_align.aligner_core.fit import fit_taus, objective_needs_eta0, resolve_config
-from dpm_align.aligner_core.loading import load_model, resolve_device
-from dpm_align.aligner_core.metrics import frechet_distance
-from dpm_align.aligner_core.samplers import is_stochastic
-from dpm_align.aligner_core.compare import paired_trajectories
-from dpm_align.aligner_core.validation import HELD_OUT_SEED_OFFSET, decide
-from dpm_align.aligner_core.verdict import kernel_change, mean_ratio_change
+from dpm_align.aligner_core.fitting.fit import fit_taus, objective_needs_eta0, resolve_config
+from dpm_align.aligner_core.models.loading import load_model, resolve_device
+from dpm_align.aligner_core.evaluation.metrics import frechet_distance
+from dpm_align.aligner_core.sampling.samplers import is_stochastic
+from dpm_align.aligner_core.evaluation.compare import paired_trajectories
+from dpm_align.aligner_core.evaluation.validation import HELD_OUT_SEED_OFFSET, decide
+from dpm_align.aligner_core.evaluation.verdict import kernel_change, mean_ratio_change
 
 MODELS = {"demo": (None, "mnist"), "cifar10": ("models/cifar10/model.safetensors", "cifar10"), "gmm": ("gmm", None)}
 # name -> (preset, overrides). "official-60": the paper's optimizer with 60 instead of 500 iterations per step.

@@ -15,7 +15,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from dpm_align.aligner_core.fit import PRESETS
+from dpm_align.aligner_core.fitting.fit import PRESETS
 
 
 def objective(row: dict) -> str:

@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from dpm_align.aligner_core.calibration import Rates, Truth, perturbed_taus, verdict_rates
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.trajectory import make_grid
-from dpm_align.aligner_core.validation import ValidationSettings
+from dpm_align.aligner_core.evaluation.calibration import Rates, Truth, perturbed_taus, verdict_rates
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.sampling.trajectory import make_grid
+from dpm_align.aligner_core.evaluation.validation import ValidationSettings
 
 
 def upper_bound(k: int, n: int, level: float = 0.95) -> float:

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan, align, trajectory_gap
-from dpm_align.aligner_core.compare import reference_grid, reference_solve
-from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext
-from dpm_align.aligner_core.validation import ValidationSettings
+from dpm_align.aligner_core.evaluation.compare import reference_grid, reference_solve
+from dpm_align.aligner_core.fitting.fit import resolve_config
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext
+from dpm_align.aligner_core.evaluation.validation import ValidationSettings
 
 
 def zoo_models(root: Path) -> dict[str, Path]:

@@ -26,17 +26,17 @@ from dpm_align.aligner_core.api import (
     resolve_plan,
     trajectory_gap,
 )
-from dpm_align.aligner_core.artifact import cache_path, ensure_writable, read_artifact, write_artifact
-from dpm_align.aligner_core.artifact_check import check_artifact
+from dpm_align.aligner_core.artifacts.artifact import cache_path, ensure_writable, read_artifact, write_artifact
+from dpm_align.aligner_core.artifacts.artifact_check import check_artifact
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
-from dpm_align.aligner_core.exports import export_schedule
-from dpm_align.aligner_core.features import FeatureNet, feature_reference
-from dpm_align.aligner_core.fit import JOINT_CANDIDATES, resolve_config
+from dpm_align.aligner_core.artifacts.exports import export_schedule
+from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
+from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
 from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir, save_samples
-from dpm_align.aligner_core.inspection import inspect_rows
-from dpm_align.aligner_core.plots import plot_ablation, plot_artifact, plot_gap
-from dpm_align.aligner_core.loading import load_model, resolve_device
-from dpm_align.aligner_core.samplers import is_stochastic, resolve_eta
+from dpm_align.aligner_core.artifacts.inspection import inspect_rows
+from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
+from dpm_align.aligner_core.models.loading import load_model, resolve_device
+from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
 from .output import emit_json, handle_errors, progress_bar, stderr
 

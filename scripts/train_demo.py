@@ -1,7 +1,7 @@
 """Train a small diffusion U-Net (T=1000) on real or synthetic images.
 
 The embedded demo model was made with (see README):
-    python scripts/train_demo.py --data mnist --out aligner_core/demo/model.safetensors \
+    python scripts/train_demo.py --data mnist --out aligner_core/models/demo/model.safetensors \
         --minutes 4 --device cuda --seed 0
 Any --data value of `dpm-align align --data` works (mnist, cifar10, digits, a folder, an .npz), and
 ``textures`` (synthetic gratings and checkerboards, made here). The model zoo (scripts/train_zoo.sh)
@@ -25,9 +25,9 @@ from torch.nn import functional as F
 import numpy as np
 
 from dpm_align.aligner_core.data import read_images, to_model_tensor
-from dpm_align.aligner_core.loading import CheckpointConfig, save_checkpoint
-from dpm_align.aligner_core.nets import TinyUNet
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.models.loading import CheckpointConfig, save_checkpoint
+from dpm_align.aligner_core.models.nets import TinyUNet
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dpm_align.aligner_core.gmm import GaussianMixture, GMMEpsNet
-from dpm_align.aligner_core.loading import CheckpointConfig, save_checkpoint
-from dpm_align.aligner_core.model import EpsModel
-from dpm_align.aligner_core.nets import TinyUNet
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.models.gmm import GaussianMixture, GMMEpsNet
+from dpm_align.aligner_core.models.loading import CheckpointConfig, save_checkpoint
+from dpm_align.aligner_core.models.model import EpsModel
+from dpm_align.aligner_core.models.nets import TinyUNet
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.cli.main import app
 
 torch.set_num_threads(2)

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from dpm_align.aligner_core import artifact as artifact_mod
+from dpm_align.aligner_core.artifacts import artifact as artifact_mod
 from dpm_align.aligner_core.api import SamplingPlan, align, resolve_plan
-from dpm_align.aligner_core.artifact import (
+from dpm_align.aligner_core.artifacts.artifact import (
     TauArtifact,
     cache_dir,
     cache_path,
@@ -15,10 +15,10 @@ from dpm_align.aligner_core.artifact import (
     write_artifact,
 )
 from dpm_align.aligner_core.errors import DpmAlignError, UsageError
-from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.artifact_check import check_artifact
-from dpm_align.aligner_core.inspection import inspect_rows
-from dpm_align.aligner_core.loading import load_model
+from dpm_align.aligner_core.fitting.fit import resolve_config
+from dpm_align.aligner_core.artifacts.artifact_check import check_artifact
+from dpm_align.aligner_core.artifacts.inspection import inspect_rows
+from dpm_align.aligner_core.models.loading import load_model
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from dpm_align.aligner_core.compare import refine_grid
-from dpm_align.aligner_core.fit import fit_taus, resolve_config
-from dpm_align.aligner_core.samplers import StepContext, run_sampler
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
-from dpm_align.aligner_core.trajectory import make_grid
+from dpm_align.aligner_core.evaluation.compare import refine_grid
+from dpm_align.aligner_core.fitting.fit import fit_taus, resolve_config
+from dpm_align.aligner_core.sampling.samplers import StepContext, run_sampler
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.sampling.trajectory import make_grid
 from tests.conftest import parse_json
 from tests.test_cli import one_line_error
 
@@ -112,8 +112,8 @@ def test_second_order_samplers_fit_taus_alone(gmm_eps):
 def test_taus_stay_where_alpha_is_near_zero():
     """A cosine schedule's capped last beta leaves alpha(999) = 4.9e-5: the first step's tau is not
     fitted there (the loss is a cliff in it); the other taus are."""
-    from dpm_align.aligner_core.gmm import GaussianMixture, GMMEpsNet
-    from dpm_align.aligner_core.model import EpsModel
+    from dpm_align.aligner_core.models.gmm import GaussianMixture, GMMEpsNet
+    from dpm_align.aligner_core.models.model import EpsModel
 
     schedule = NoiseSchedule(ScheduleSpec(beta_schedule="squaredcos_cap_v2"))
     eps = EpsModel(GMMEpsNet(GaussianMixture.random(3, 64, seed=0), schedule), schedule, "epsilon", dtype=torch.float64)
@@ -124,10 +124,10 @@ def test_taus_stay_where_alpha_is_near_zero():
 
 
 def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, tmp_path, monkeypatch):
-    from dpm_align.aligner_core import fit
+    from dpm_align.aligner_core.fitting import fit
     from dpm_align.aligner_core.api import SamplingPlan, align, not_better_message
-    from dpm_align.aligner_core.loading import load_model
-    from dpm_align.aligner_core.validation import ValidationSettings
+    from dpm_align.aligner_core.models.loading import load_model
+    from dpm_align.aligner_core.evaluation.validation import ValidationSettings
 
     model = load_model(GMM)
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 4)

@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.loading import (
+from dpm_align.aligner_core.models.loading import (
     SidecarConfig,
     _is_torchscript,
     load_model,
     parse_sample_shape,
 )
-from dpm_align.aligner_core.nets import TinyUNet
-from dpm_align.aligner_core.schedule import ScheduleSpec
+from dpm_align.aligner_core.models.nets import TinyUNet
+from dpm_align.aligner_core.sampling.schedule import ScheduleSpec
 
 ARCH_CONFIG = {"in_channels": 1, "channels": [8, 16, 16], "groups": 4}
 SHAPE = (1, 8, 8)
@@ -168,7 +168,7 @@ def test_torchscript_detection(reference, tmp_path):
 
 FACTORY = """
     from safetensors.torch import load_file
-    from dpm_align.aligner_core.nets import TinyUNet
+    from dpm_align.aligner_core.models.nets import TinyUNet
 
     NOT_CALLABLE = 3
 
@@ -251,7 +251,7 @@ def test_colon_strings_that_are_not_factories(tmp_path, monkeypatch):
 
 ARCH = """
     from torch import nn
-    from dpm_align.aligner_core.nets import TinyUNet
+    from dpm_align.aligner_core.models.nets import TinyUNet
 
     class MyUNet(TinyUNet):
         pass
@@ -293,7 +293,7 @@ def test_state_dict_with_arch_loads_the_same_network(arch_module, arch_config, r
     same_network(loaded, reference)
     assert loaded.info.sha256 == reference["model"].info.sha256
     # the project checkpoint's own weights file also loads this way (its sidecar is not consulted)
-    direct = load_model(reference["weights"], arch="dpm_align.aligner_core.nets:TinyUNet", arch_config=arch_config,
+    direct = load_model(reference["weights"], arch="dpm_align.aligner_core.models.nets:TinyUNet", arch_config=arch_config,
                         sample_shape=SHAPE, schedule="squaredcos_cap_v2")
     assert direct.info.sha256 == loaded.info.sha256 and direct.info.schedule.beta_schedule == "squaredcos_cap_v2"
 
@@ -398,7 +398,7 @@ def test_every_form_of_the_same_weights_has_one_key(reference, scripted, tmp_pat
     models = [
         load_model(tmp_path / "a.ts", schedule="linear", **shape),
         load_model(tmp_path / "b.pt", schedule="linear", trust_pickle=True, **shape),
-        load_model(tmp_path / "c.pt", arch="dpm_align.aligner_core.nets:TinyUNet", arch_config=arch_config, **shape),
+        load_model(tmp_path / "c.pt", arch="dpm_align.aligner_core.models.nets:TinyUNet", arch_config=arch_config, **shape),
         load_model(f"{name}:build", **shape),
     ]
     assert [m.info.format for m in models] == ["torchscript", "pickled-module", "state-dict+arch", "python-factory"]

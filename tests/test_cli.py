@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dpm_align.aligner_core.artifact import read_artifact
+from dpm_align.aligner_core.artifacts.artifact import read_artifact
 from tests.conftest import make_tiny_checkpoint, parse_json
 
 class PickledObject:
@@ -233,7 +233,7 @@ def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
 
 def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_path, isolated_cache, monkeypatch):
     from dpm_align.aligner_core import api
-    from dpm_align.aligner_core.fit import FitResult
+    from dpm_align.aligner_core.fitting.fit import FitResult
 
     def bad_fit(eps, schedule, grid, *args, **kwargs):  # taus far off the grid: surely worse
         return FitResult([t * 0.5 for t in grid[:-1]], [None] * (len(grid) - 1), [None] * (len(grid) - 1), 0.0)
@@ -295,7 +295,7 @@ def test_rho_is_part_of_the_key(cli, tiny_ckpt, tmp_path):
 
 
 def test_torchscript_model_through_the_cli(cli, tiny_ckpt, tmp_path):
-    from dpm_align.aligner_core.loading import load_model
+    from dpm_align.aligner_core.models.loading import load_model
 
     scripted = torch.jit.script(load_model(tiny_ckpt).eps.net)
     torch.jit.save(scripted, str(tmp_path / "net.ts"))
@@ -376,7 +376,7 @@ def test_console_script_success_and_runtime_error_codes(monkeypatch, capsys, tin
 
 def test_align_refuses_taus_not_shown_better_after_every_look(cli, tmp_path, monkeypatch):
     from dpm_align.aligner_core import api
-    from dpm_align.aligner_core.fit import FitResult
+    from dpm_align.aligner_core.fitting.fit import FitResult
 
     def plain_fit(eps, schedule, grid, *args, **kwargs):  # the plain times on a "fitted" copy of the grid: never
         # shown better, and not recognised as unchanged (which skips the verdict)

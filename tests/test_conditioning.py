@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan, align, generate
-from dpm_align.aligner_core.artifact import read_artifact
+from dpm_align.aligner_core.artifacts.artifact import read_artifact
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.fit import fit_taus, resolve_config
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.model import Conditioning
+from dpm_align.aligner_core.fitting.fit import fit_taus, resolve_config
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.models.model import Conditioning
 from tests.conftest import assert_one_line, parse_json
 from tests.test_cli import FAST, one_line_error
 
@@ -185,7 +185,7 @@ def test_fit_needs_labels_only_for_conditional_models():
 
 
 def test_gammas_are_cached_per_model_and_reused(isolated_cache, monkeypatch):
-    from dpm_align.aligner_core import gamma_cache
+    from dpm_align.aligner_core.sampling import gamma_cache
 
     model = load_model("gmm:dim=16,components=3")
     plan = SamplingPlan.make(model.eps.schedule, "analytic-ddim", None, "uniform", 3)
@@ -208,6 +208,6 @@ def test_gammas_are_cached_per_model_and_reused(isolated_cache, monkeypatch):
 
 
 def GammaTableFile(path):
-    from dpm_align.aligner_core.analytic import GammaTable
+    from dpm_align.aligner_core.sampling.analytic import GammaTable
 
     return GammaTable.model_validate_json(path.read_text())

@@ -7,7 +7,7 @@ from PIL import Image
 from dpm_align.aligner_core.api import SamplingPlan, generate
 from dpm_align.aligner_core.data import load_data, shared_data_dir
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.loading import DEMO_DIR, load_model
+from dpm_align.aligner_core.models.loading import DEMO_DIR, load_model
 
 
 def test_image_folder_and_npz_are_resized_to_the_model_shape(tmp_path):

@@ -16,12 +16,12 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from dpm_align.aligner_core.artifact import read_artifact
+from dpm_align.aligner_core.artifacts.artifact import read_artifact
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.loading import DiffusersUNet, load_model
-from dpm_align.aligner_core.model import EpsModel
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.models.loading import DiffusersUNet, load_model
+from dpm_align.aligner_core.models.model import EpsModel
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.cli.main import app
 from tests.conftest import assert_close_to_scale, assert_one_line, tiny_unet
 

@@ -16,14 +16,14 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from dpm_align.aligner_core.api import SamplingPlan, align, generate
-from dpm_align.aligner_core.artifact import TauArtifact, artifact_key, write_artifact
-from dpm_align.aligner_core.diffusers_scheduler import AlignedScheduler
+from dpm_align.aligner_core.artifacts.artifact import TauArtifact, artifact_key, write_artifact
+from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.exports import EXPORT_FORMATS, export_schedule
-from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.model import EpsModel
-from dpm_align.aligner_core.samplers import PerSampleNoise, StepContext, run_sampler
+from dpm_align.aligner_core.artifacts.exports import EXPORT_FORMATS, export_schedule
+from dpm_align.aligner_core.fitting.fit import resolve_config
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.models.model import EpsModel
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
 from tests.conftest import assert_close_to_scale, assert_one_line, tiny_unet
 
 T = 1000

@@ -7,9 +7,9 @@ from torch import nn
 
 from dpm_align.aligner_core.data import load_data
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.features import (FeatureNet, FeatureStats, _Precomputed, feature_reference, inception_score,
+from dpm_align.aligner_core.evaluation.features import (FeatureNet, FeatureStats, _Precomputed, feature_reference, inception_score,
                                              kernel_distance, load_stats, save_stats)
-from dpm_align.aligner_core.metrics import frechet_distance, frechet_from_stats
+from dpm_align.aligner_core.evaluation.metrics import frechet_distance, frechet_from_stats
 from tests.conftest import assert_one_line, parse_json
 from tests.test_cli import FAST, one_line_error
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from dpm_align.aligner_core.compare import refine_grid
+from dpm_align.aligner_core.evaluation.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.fit import PRESETS, fit_taus, resolve_config
-from dpm_align.aligner_core.samplers import StepContext, run_sampler
-from dpm_align.aligner_core.trajectory import make_grid
+from dpm_align.aligner_core.fitting.fit import PRESETS, fit_taus, resolve_config
+from dpm_align.aligner_core.sampling.samplers import StepContext, run_sampler
+from dpm_align.aligner_core.sampling.trajectory import make_grid
 
 SHAPE = (1, 8, 8)  # 64 dimensions
 
@@ -87,7 +87,7 @@ def test_bad_fit_settings(kwargs, message):
 
 
 def test_builtin_gmm_model_spec():
-    from dpm_align.aligner_core.loading import load_model
+    from dpm_align.aligner_core.models.loading import load_model
 
     model = load_model("gmm:dim=16,components=3,seed=2")
     assert model.sample_shape == (1, 4, 4) and model.info.format == "gmm"
@@ -109,7 +109,7 @@ def test_teacher_objective_matches_a_fine_ddim_step(gmm_eps, quadratic10):
 
 @pytest.mark.parametrize("sampler", ["dpm-solver-2", "edm-heun"])
 def test_second_order_samplers_fit_one_tau_per_evaluation(gmm_eps, sampler):
-    from dpm_align.aligner_core.samplers import nominal_eval_times
+    from dpm_align.aligner_core.sampling.samplers import nominal_eval_times
 
     grid = make_grid("logsnr", 3, gmm_eps.schedule)
     result = fit(gmm_eps, grid, sampler=sampler, num_samples=32, iterations=6)

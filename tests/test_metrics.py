@@ -1,6 +1,6 @@
 import torch
 
-from dpm_align.aligner_core.metrics import frechet_distance, mean_l2
+from dpm_align.aligner_core.evaluation.metrics import frechet_distance, mean_l2
 
 
 def test_frechet_distance_closed_forms():

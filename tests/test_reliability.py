@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from dpm_align.aligner_core.artifact import TauArtifact, artifact_key, trajectory_label
-from dpm_align.aligner_core.artifact_check import check_artifact
+from dpm_align.aligner_core.artifacts.artifact import TauArtifact, artifact_key, trajectory_label
+from dpm_align.aligner_core.artifacts.artifact_check import check_artifact
 from dpm_align.aligner_core.errors import ArtifactError
 from tests.conftest import GMM_TINY
 from tests.test_cli import one_line_error
@@ -139,7 +139,7 @@ def test_every_reader_refuses_a_nan_tau(cli, gmm_artifact, tmp_path):
     one_line_error(cli("inspect", path, "--plot", tmp_path / "taus.png"), 1, fragment)
     one_line_error(cli("eval", "--model", GMM_TINY, "--taus", path, "--plot", tmp_path / "plots", *SAMPLE), 1, fragment)
     assert not (tmp_path / "taus.png").exists() and not (tmp_path / "plots").exists()
-    from dpm_align.aligner_core.diffusers_scheduler import AlignedScheduler
+    from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
 
     with pytest.raises(ArtifactError, match=r"taus\[0\] is nan"):
         AlignedScheduler.from_artifact(path)

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from dpm_align.aligner_core.compare import refine_grid
+from dpm_align.aligner_core.evaluation.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.model import EpsModel
-from dpm_align.aligner_core.nets import TinyUNet
-from dpm_align.aligner_core.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_2m, get_sampler, resolve_eta,
+from dpm_align.aligner_core.models.model import EpsModel
+from dpm_align.aligner_core.models.nets import TinyUNet
+from dpm_align.aligner_core.sampling.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_2m, get_sampler, resolve_eta,
                                              run_sampler)
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
-from dpm_align.aligner_core.trajectory import make_grid
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.sampling.trajectory import make_grid
 
 SCHED = NoiseSchedule(ScheduleSpec())
 
@@ -184,7 +184,7 @@ def test_dpm_solver_pp_2m_is_second_order_and_matches_its_formula(gmm_eps):
 
 
 def test_reference_grid_passes_every_point_with_near_equal_log_snr_steps():
-    from dpm_align.aligner_core.compare import reference_grid
+    from dpm_align.aligner_core.evaluation.compare import reference_grid
 
     grid = [999.0, 990.0, 754.3, 380.2, 0.0]  # a short first interval and a long last one
     fine, positions = reference_grid(grid, 100, SCHED)
@@ -221,7 +221,7 @@ def test_analytic_step_matches_bao_et_al_theorem_1(eps):
 
 
 def test_gamma_estimates_on_the_exact_gmm_model(gmm_eps):
-    from dpm_align.aligner_core.analytic import estimate_gammas
+    from dpm_align.aligner_core.sampling.analytic import estimate_gammas
 
     data = gmm_eps.net.mixture.sample(128, torch.Generator().manual_seed(0)).reshape(128, 1, 8, 8)
     times = [999.0, 500.0, 100.0]

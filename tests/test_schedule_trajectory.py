@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.schedule import NoiseSchedule, ScheduleSpec
-from dpm_align.aligner_core.trajectory import TRAJECTORIES, make_grid
+from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.sampling.trajectory import TRAJECTORIES, make_grid
 
 SCHED = NoiseSchedule(ScheduleSpec())
 

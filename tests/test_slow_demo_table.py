@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from dpm_align.aligner_core.api import SamplingPlan, align, trajectory_gap
-from dpm_align.aligner_core.fit import resolve_config
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.validation import ValidationSettings
+from dpm_align.aligner_core.fitting.fit import resolve_config
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.evaluation.validation import ValidationSettings
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from dpm_align.aligner_core.calibration import Truth, perturbed_taus, verdict_rates
-from dpm_align.aligner_core.loading import load_model
-from dpm_align.aligner_core.trajectory import make_grid
-from dpm_align.aligner_core.validation import ValidationSettings, decide
-from dpm_align.aligner_core.verdict import Change, kernel_change, mean_ratio_change, z_value
+from dpm_align.aligner_core.evaluation.calibration import Truth, perturbed_taus, verdict_rates
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.sampling.trajectory import make_grid
+from dpm_align.aligner_core.evaluation.validation import ValidationSettings, decide
+from dpm_align.aligner_core.evaluation.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
 def test_ratio_interval_golden_values():

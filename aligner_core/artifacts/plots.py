@@ -5,8 +5,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import atomic_file
-from .errors import UsageError
+from ..atomic import atomic_file
+from ..errors import UsageError
 
 
 @contextmanager

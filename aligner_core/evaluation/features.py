@@ -30,9 +30,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .atomic import atomic_file
-from .data import load_data
-from .errors import UsageError
+from ..atomic import atomic_file
+from ..data import load_data
+from ..errors import UsageError
 from .metrics import frechet_from_stats
 
 FeatureKind = Literal["inception", "torchscript"]

@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 from .schedule import NoiseSchedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor | float], torch.Tensor]

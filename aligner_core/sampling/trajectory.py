@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 from .schedule import NoiseSchedule
 
 

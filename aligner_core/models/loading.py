@@ -1,7 +1,7 @@
 """Loading networks from disk (offline) into an ``EpsModel`` plus the ``ModelInfo`` that keys artifacts.
 
 Accepted ``--model`` forms:
-- nothing: the embedded demo model shipped in ``dpm_align/aligner_core/demo``;
+- nothing: the embedded demo model shipped in ``dpm_align/aligner_core/models/demo``;
 - a diffusers pipeline directory (``model_index.json``, ``unet/``, ``scheduler/``);
 - a bare diffusers ``unet/`` directory (``config.json`` + weights) plus ``--schedule``;
 - the project's checkpoint: ``NAME.safetensors`` or ``NAME.pt`` beside ``NAME.json``
@@ -36,11 +36,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
 from torch import nn
 
-from .artifact import ModelInfo
-from .errors import DpmAlignError, UsageError
+from ..artifacts.artifact import ModelInfo
+from ..errors import DpmAlignError, UsageError
 from .model import PREDICTION_TYPES, Conditioning, EpsModel
 from .nets import ARCHITECTURES
-from .schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
+from ..sampling.schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
 DEMO_DIR = Path(__file__).parent / "demo"
 CHECKPOINT_FORMAT = "dpm-align-checkpoint"

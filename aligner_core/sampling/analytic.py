@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .errors import UsageError
-from .model import bind_labels, conditioning_of
+from ..errors import UsageError
+from ..models.model import bind_labels, conditioning_of
 from .samplers import StepContext, run_sampler
 from .trajectory import make_grid
 

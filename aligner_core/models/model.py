@@ -21,8 +21,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from .errors import UsageError
-from .schedule import NoiseSchedule
+from ..errors import UsageError
+from ..sampling.schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")

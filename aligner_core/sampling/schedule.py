@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from .errors import UsageError
+from ..errors import UsageError
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "trained"]
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

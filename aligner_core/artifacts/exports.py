@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from .artifact import TauArtifact
-from .errors import UsageError
-from .schedule import NoiseSchedule
+from ..errors import UsageError
+from ..sampling.schedule import NoiseSchedule
 
 EXPORT_FORMATS = ("json", "diffusers", "sigmas")
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .schedule import NoiseSchedule
+from ..sampling.schedule import NoiseSchedule
 
 
 class GaussianMixture:

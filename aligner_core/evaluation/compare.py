@@ -15,10 +15,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .model import bind_labels, conditioning_of
-from .progress import Progress
-from .samplers import PerSampleNoise, StepContext, dpm_solver_pp_2m, run_sampler
-from .schedule import NoiseSchedule
+from ..models.model import bind_labels, conditioning_of
+from ..progress import Progress
+from ..sampling.samplers import PerSampleNoise, StepContext, dpm_solver_pp_2m, run_sampler
+from ..sampling.schedule import NoiseSchedule
 
 REFERENCE_SOLVER = "dpm-solver++(2m)"
 REFERENCE_DESCRIPTION = f"{REFERENCE_SOLVER}, steps uniform in log-SNR"

@@ -20,10 +20,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .artifact import ModelInfo, TauArtifact, check_artifact_matches, read_artifact
-from .errors import ArtifactError
-from .samplers import SAMPLERS, nominal_eval_times
-from .schedule import NoiseSchedule
-from .trajectory import TRAJECTORIES, make_grid
+from ..errors import ArtifactError
+from ..sampling.samplers import SAMPLERS, nominal_eval_times
+from ..sampling.schedule import NoiseSchedule
+from ..sampling.trajectory import TRAJECTORIES, make_grid
 
 RECREATE = "re-create it with `dpm-align align`"
 RTOL = 1e-6  # stored vs recomputed times and coefficients, relative to max(1, |value|)

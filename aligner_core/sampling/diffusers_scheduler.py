@@ -25,9 +25,9 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .artifact import TauArtifact, read_artifact
-from .artifact_check import check_artifact
-from .model import PREDICTION_TYPES
+from ..artifacts.artifact import TauArtifact, read_artifact
+from ..artifacts.artifact_check import check_artifact
+from ..models.model import PREDICTION_TYPES
 from .schedule import NoiseSchedule, ScheduleSpec
 
 SUPPORTED_SAMPLERS = ("ddim", "ddpm")
@@ -111,7 +111,7 @@ class AlignedScheduler(SchedulerMixin, ConfigMixin):
             )
         check_artifact(artifact, source=path or f"artifact {artifact.key}")
         if unet is not None:
-            from .loading import DiffusersUNet, weights_sha256
+            from ..models.loading import DiffusersUNet, weights_sha256
 
             actual = weights_sha256(DiffusersUNet(unet))
             if actual != artifact.model.sha256:

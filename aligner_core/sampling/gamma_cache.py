@@ -16,8 +16,8 @@ import torch
 from pydantic import ValidationError
 
 from .analytic import GammaTable, estimate_gammas
-from .artifact import cache_dir, write_json_atomic
-from .errors import UsageError
+from ..artifacts.artifact import cache_dir, write_json_atomic
+from ..errors import UsageError
 
 
 def _digest(data: bytes) -> str:

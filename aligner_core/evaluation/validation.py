@@ -28,8 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .compare import REFERENCE_DESCRIPTION, paired_trajectories, reference_error, reference_nfe_of
-from .progress import Progress
-from .samplers import is_stochastic
+from ..progress import Progress
+from ..sampling.samplers import is_stochastic
 from .verdict import Change, Verdict, kernel_change, mean_ratio_change
 
 HELD_OUT_SEED_OFFSET = 1_000_000  # validation seeds never overlap the fitting seeds

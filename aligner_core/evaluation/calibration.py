@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from .compare import reference_grid, reference_solve
-from .samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
+from ..sampling.samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
 from .validation import ValidationSettings, validate
 from .verdict import kernel_change
 

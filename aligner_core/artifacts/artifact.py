@@ -18,13 +18,13 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import DpmAlignError, UsageError
-from .schedule import ScheduleSpec
-from .analytic import GammaTable
-from .atomic import atomic_file
-from .model import Conditioning
-from .fit import CandidateFit
-from .validation import Validation, upgrade_v3
+from ..errors import DpmAlignError, UsageError
+from ..sampling.schedule import ScheduleSpec
+from ..sampling.analytic import GammaTable
+from ..atomic import atomic_file
+from ..models.model import Conditioning
+from ..fitting.fit import CandidateFit
+from ..evaluation.validation import Validation, upgrade_v3
 
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)

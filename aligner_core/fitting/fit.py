@@ -25,12 +25,12 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import UsageError
-from .progress import Progress
-from .compare import reference_grid, reference_solve, refine_grid
-from .model import bind_labels, conditioning_of
-from .samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
-from .schedule import NoiseSchedule
+from ..errors import UsageError
+from ..progress import Progress
+from ..evaluation.compare import reference_grid, reference_solve, refine_grid
+from ..models.model import bind_labels, conditioning_of
+from ..sampling.samplers import EpsFn, StepContext, get_sampler, is_stochastic, nominal_eval_times, run_sampler
+from ..sampling.schedule import NoiseSchedule
 
 
 
