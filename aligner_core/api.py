@@ -145,6 +145,9 @@ def align(
     """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact (keyed by ``plan``;
     on a fitted grid when the winning candidate fits it); with ``validation``, also the verdict of
     baseline vs aligned on held-out seeds."""
+    if data is not None and model.decoder is not None:
+        raise UsageError("--data holds images but this latent pipeline is fitted in latent space on its own samples; "
+                         "drop --data (and --strategy parallel)")
     images = load_data(data, model.sample_shape) if data is not None else None
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
@@ -269,7 +272,7 @@ def generate(
     """Yield the samples start_index .. start_index+n-1 batch by batch. A class-conditional model
     gives sample k the label ``class_labels[k % len(class_labels)]``, or one drawn from (seed, k)."""
     cond = model.eps.conditioning
-    if class_labels and cond is None:
+    if class_labels and (cond is None or cond.kind != "class"):
         raise UsageError("--class-label was given but the model is not class-conditional; leave it out")
     if class_labels:
         class_labels = cond.check_labels(class_labels)
@@ -288,11 +291,20 @@ def generate(
         yield SampleBatch(lo, out, labels)
 
 
+def decode(model: LoadedModel, samples: torch.Tensor) -> torch.Tensor:
+    """What ``sample`` writes as images: a latent pipeline's latents decoded by its VAE (float32, in
+    [-1, 1]), else the samples themselves."""
+    if model.decoder is None:
+        return samples
+    with torch.no_grad():
+        return model.decoder(samples.float()).float()
+
+
 @dataclass(frozen=True)
 class SampleBatch:
     start: int  # index of the first sample
-    samples: torch.Tensor  # [n, C, H, W] in [-1, 1] (float64)
-    labels: torch.Tensor | None  # class labels of a class-conditional model
+    samples: torch.Tensor  # [n, C, H, W] in [-1, 1] (float64); latents for a latent pipeline (see ``decode``)
+    labels: torch.Tensor | None  # class labels (prompt indices) of a class- (text-) conditional model
 
 
 class AblationRow(BaseModel):

@@ -1,4 +1,5 @@
-"""Writing samples: one PNG per sample plus a grid PNG, or one .npz; class labels beside them."""
+"""Writing samples: one PNG per sample plus a grid PNG, or one .npz (images, or a latent pipeline's
+latents); class labels (prompt indices) beside them."""
 
 from __future__ import annotations
 
@@ -68,21 +69,26 @@ def _unwritable(out: Path, why: str) -> None:
     raise UsageError(f"cannot write to {out} ({why}); choose a writable --out directory") from None
 
 
+FORMATS = ("png", "npz", "latents")
+
+
 def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int = 0,
                  labels: Sequence[int] | None = None) -> list[Path]:
-    """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``.
+    """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``,
+    or (``latents``) ``latents.npz`` (float32 [N, C, H, W], as the sampler left them, no grid).
     Class labels go into the .npz (``labels``) or ``labels.json`` ({"00000.png": label, ...}).
 
     The files are written into a hidden staging directory inside ``out`` and renamed into place
     only when all are complete: an error or Ctrl-C while writing leaves ``out`` as it was (a
     directory made for this call is removed again), never a partial set or a half-written file."""
-    if fmt not in ("png", "npz"):
-        raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     made = not Path(out).exists()
     out = prepare_out_dir(out)
     staging = Path(tempfile.mkdtemp(prefix=".dpm-align-samples.", dir=out))
     try:
-        names = _write_samples(to_uint8(x), staging, fmt, start_index, labels)
+        names = (_write_latents(x, staging, labels) if fmt == "latents"
+                 else _write_samples(to_uint8(x), staging, fmt, start_index, labels))
         for name in names:
             os.replace(staging / name, out / name)
     except BaseException:
@@ -111,3 +117,9 @@ def _write_samples(images: np.ndarray, directory: Path, fmt: str, start_index: i
         names.append("samples.npz")
     _pil(make_grid(images[:256])).save(directory / "grid.png")
     return [*names, "grid.png"]
+
+
+def _write_latents(x: torch.Tensor, directory: Path, labels: Sequence[int] | None) -> list[str]:
+    extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
+    np.savez_compressed(directory / "latents.npz", latents=x.detach().float().cpu().numpy(), **extra)
+    return ["latents.npz"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +21,7 @@ from dpm_align.aligner_core.api import (
     SamplingPlan,
     ValidationSettings,
     align,
+    decode,
     generate,
     not_better_message,
     resolve_plan,
@@ -32,10 +33,12 @@ from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
 from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir, save_samples
+from dpm_align.aligner_core.images import FORMATS, check_out_dir, prepare_out_dir, save_samples
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.models.loading import load_model, resolve_device
+from dpm_align.aligner_core.models.model import TextConditioning
+from dpm_align.aligner_core.models.pipelines import read_prompts
 from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
 from .output import emit_json, handle_errors, progress_bar, stderr
@@ -59,7 +62,10 @@ PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="overr
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)")]
 ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.module:Class for a bare state dict --model")]
 ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments")]
-GuidanceOpt = Annotated[Optional[float], typer.Option(help="class-conditional models: classifier-free guidance scale w, eps_null + w (eps_label - eps_null) [default: 1, no guidance]")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="class- or text-conditional models: classifier-free guidance scale w, eps_null + w (eps_cond - eps_null) [default: 1, no guidance]")]
+PromptOpt = Annotated[Optional[list[str]], typer.Option("--prompt", help="text-conditioned pipelines (Stable Diffusion): a prompt; repeat for several (sample i gets prompt i mod P)")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="text-conditioned pipelines: a text file, one prompt per line (after any --prompt)")]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="text-conditioned pipelines with guidance: the null condition instead of the empty prompt")]
 NullClassOpt = Annotated[Optional[int], typer.Option(help="class-conditional models: the unconditional label [default with guidance: the last class embedding]")]
 ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)")]
 NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]")]
@@ -86,17 +92,28 @@ class ModelSpec:
     sample_shape: str | None = None
     guidance_scale: float | None = None
     null_class: int | None = None
+    prompt: list[str] | None = None
+    prompts: Path | None = None
+    negative_prompt: str | None = None
 
     @property
     def given(self) -> bool:
         return self.model is not None or self.schedule is not None
 
-    def load(self, device: str):
+    def prompt_list(self) -> list[str] | None:
+        """--prompt values, then the lines of --prompts; None when neither was given."""
+        given = [*(self.prompt or []), *(read_prompts(self.prompts) if self.prompts is not None else [])]
+        return given or None
+
+    def load(self, device: str, *, identity_only: bool = False):
+        """The model on ``device``; ``identity_only`` (inspect --check): a text-conditioned model
+        without prompts is loaded with the empty prompt, since only its ModelInfo is used."""
         dev = resolve_device(device)
+        prompts = self.prompt_list() or ([""] if identity_only else None)
         return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
                           trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
                           sample_shape=self.sample_shape, guidance_scale=self.guidance_scale,
-                          null_class=self.null_class), dev
+                          null_class=self.null_class, prompts=prompts, negative_prompt=self.negative_prompt), dev
 
 
 def _model_options(
@@ -109,6 +126,9 @@ def _model_options(
     sample_shape: ShapeOpt = None,
     guidance_scale: GuidanceOpt = None,
     null_class: NullClassOpt = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    negative_prompt: NegativeOpt = None,
 ) -> None:
     """Template: the options ``with_model_options`` adds to a command (fields of ModelSpec)."""
 
@@ -256,7 +276,7 @@ def sample_cmd(
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
-    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz")] = "png",
+    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz | latents (latent pipelines: latents.npz, not decoded)")] = "png",
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
     no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
     class_label: Annotated[Optional[list[int]], typer.Option("--class-label", help="class-conditional models: the label of the samples (repeat it to cycle through several) [default: random per sample]")] = None,
@@ -266,12 +286,15 @@ def sample_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate samples with the aligned taus (or --no-taus for the plain sampler)."""
-    if fmt not in ("png", "npz"):
-        raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
     check_out_dir(out)  # fail fast, creating nothing: the directory is made when the samples are saved
     loaded, dev = spec.load(device)
+    if fmt == "latents" and loaded.decoder is None:
+        raise UsageError("--format latents is for latent pipelines (a diffusers pipeline with a vae/); "
+                         "use --format png or npz")
     plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
     chosen = artifact.taus if artifact is not None else None
     problem = not_better_message(artifact) if artifact is not None else None
@@ -281,21 +304,22 @@ def sample_cmd(
     with progress_bar(f"sampling {num_samples}", quiet) as progress:
         for batch in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
                               device=dev, class_labels=class_label, progress=progress):
-            batches.append(batch)
+            batches.append(replace(batch, samples=(batch.samples if fmt == "latents" else decode(loaded, batch.samples)).cpu()))
     labels = None if loaded.eps.conditioning is None else torch.cat([b.labels.cpu() for b in batches]).tolist()
-    written = save_samples(torch.cat([b.samples.cpu() for b in batches]), out, fmt, labels=labels)
+    written = save_samples(torch.cat([b.samples for b in batches]), out, fmt, labels=labels)
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
         "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
         "aligned": artifact is not None, "taus_file": str(source) if source else None,
-        "taus": chosen, "grid": str(written[-1]), "labels": labels,
+        "taus": chosen, "grid": str(written[-1]) if fmt != "latents" else None, "labels": labels,
+        "prompts": spec.prompt_list() if isinstance(loaded.eps.conditioning, TextConditioning) else None,
         "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
     }
     if json_out:
         emit_json(summary)
     else:
         typer.echo(f"wrote {num_samples} samples ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
-                   f"{plan.label} nfe={plan.nfe}) to {out}; grid: {written[-1]}")
+                   f"{plan.label} nfe={plan.nfe}) to {out}" + (f"; grid: {written[-1]}" if fmt != "latents" else ""))
 
 
 @app.command("inspect")
@@ -311,7 +335,7 @@ def inspect_cmd(
 ) -> None:
     """Show an artifact: t_i, tau_i, tau_i - t_i, per-step loss; --check for CI; --plot; --format for other tools."""
     artifact = read_artifact(file)
-    checks = check_artifact(artifact, spec.load("cpu")[0].info if spec.given else None, source=file)
+    checks = check_artifact(artifact, spec.load("cpu", identity_only=True)[0].info if spec.given else None, source=file)
     if fmt is not None:
         emit_json(export_schedule(artifact, fmt))
         return
@@ -338,7 +362,12 @@ def _print_table(artifact) -> None:
                f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
                f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
     c = artifact.conditioning
-    if c is not None:
+    if isinstance(c, TextConditioning):
+        guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
+        null = "the negative prompt" if c.negative_prompt_sha256 else "the empty prompt"
+        typer.echo(f"conditioning: text, fitted on {c.num_prompts} prompt(s) (sha256 {c.prompts_sha256[:16]}…; "
+                   f"{guidance}, null condition {null})")
+    elif c is not None:
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
         null = f", null class {c.null_class}" if c.null_class is not None else ""
         typer.echo(f"conditioning: class labels {', '.join(map(str, c.classes))} ({guidance}{null})")
@@ -388,6 +417,9 @@ def eval_cmd(
         raise UsageError("--data, --reference-stats and --save-stats are for a feature distance; "
                          "also pass --inception-weights FILE or --feature-net FILE")
     loaded, dev = spec.load(device)
+    if loaded.decoder is not None and (inception_weights is not None or feature_net is not None):
+        raise UsageError("feature distances (--inception-weights, --feature-net) are not computed for latent "
+                         "pipelines yet; eval compares their trajectories in latent space: drop the option")
     plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
     reference = None
     if inception_weights is not None or feature_net is not None:

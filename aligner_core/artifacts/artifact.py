@@ -22,7 +22,7 @@ from ..errors import DpmAlignError, UsageError
 from ..sampling.schedule import ScheduleSpec
 from ..sampling.analytic import GammaTable
 from ..atomic import atomic_file
-from ..models.model import Conditioning
+from ..models.model import AnyConditioning, same_key
 from ..fitting.fit import CandidateFit
 from ..evaluation.validation import Validation, upgrade_v3
 
@@ -103,8 +103,8 @@ class TauArtifact(_Strict):
     fit: FitInfo
     validation: Validation | None = Field(None, description="the verdict: baseline vs aligned on held-out seeds")
     analytic: GammaTable | None = Field(None, description="analytic samplers: Gamma_t at every step time")
-    conditioning: Conditioning | None = Field(None, description="class-conditional models: labels and guidance; "
-                                              "None = unconditional")
+    conditioning: AnyConditioning | None = Field(None, description="class- or text-conditional models: kind, "
+                                                 "guidance (and the prompts' sha256 and count); None = unconditional")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TauArtifact":
@@ -129,9 +129,9 @@ def trajectory_label(kind: str, rho: float | None = None) -> str:
 
 
 def artifact_key(model_sha256: str, sampler: str, eta: float, trajectory: str, nfe: int,
-                 conditioning: Conditioning | None = None) -> str:
+                 conditioning: AnyConditioning | None = None) -> str:
     """model sha256 (first 16 hex digits) + sampler + eta + trajectory label + NFE (+ the
-    conditioning label of a class-conditional model, e.g. ``class-cfg3-null10``), filename-safe."""
+    conditioning label of a conditional model, e.g. ``class-cfg3-null10``, ``text-cfg7.5``), filename-safe."""
     key = f"{model_sha256[:16]}-{sampler}-eta{eta:g}-{trajectory}-nfe{nfe}"
     return key if conditioning is None else f"{key}-{conditioning.label}"
 
@@ -253,12 +253,13 @@ def check_artifact_matches(
     eta: float | None = None,
     trajectory: str | None = None,
     nfe: int | None = None,
-    conditioning: Conditioning | None | EllipsisType = ...,
+    conditioning: AnyConditioning | None | EllipsisType = ...,
     path: Path | str = "artifact",
 ) -> None:
     """Refuse an artifact fitted for another model, schedule, sampler, trajectory or conditioning
     (``trajectory`` is compared with the artifact's label: the kind, plus rho for edm;
-    ``conditioning`` is checked unless left out, None meaning unconditional)."""
+    ``conditioning`` is checked unless left out, None meaning unconditional; for text conditioning
+    the kind and guidance, not the prompts)."""
     problems = []
     if artifact.model.sha256 != model.sha256:
         problems.append(f"model sha256 {artifact.model.sha256[:16]}… != {model.sha256[:16]}…")
@@ -275,7 +276,7 @@ def check_artifact_matches(
         problems.append(f"trajectory {artifact.trajectory.label} != {trajectory}")
     if nfe is not None and artifact.trajectory.nfe != nfe:
         problems.append(f"nfe {artifact.trajectory.nfe} != {nfe}")
-    if conditioning is not ... and artifact.conditioning != conditioning:
+    if conditioning is not ... and not same_key(artifact.conditioning, conditioning):
         label = lambda c: "unconditional" if c is None else c.label  # noqa: E731
         problems.append(f"conditioning {label(artifact.conditioning)} != {label(conditioning)}")
     if problems:

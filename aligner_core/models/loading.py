@@ -2,7 +2,10 @@
 
 Accepted ``--model`` forms:
 - nothing: the embedded demo model shipped in ``dpm_align/aligner_core/models/demo``;
-- a diffusers pipeline directory (``model_index.json``, ``unet/``, ``scheduler/``);
+- a diffusers pipeline directory (``model_index.json``, ``unet/`` or ``transformer/``, ``scheduler/``):
+  pixel-space ``UNet2DModel``; latent pipelines with a ``vae/`` (sampled in latent space, decoded by
+  ``sample``); Stable Diffusion (``UNet2DConditionModel`` + ``tokenizer/`` + ``text_encoder/``,
+  conditioned on ``prompts``); DiT (class-conditional transformer, learned sigma) (``pipelines.py``);
 - a bare diffusers ``unet/`` directory (``config.json`` + weights) plus ``--schedule``;
 - the project's checkpoint: ``NAME.safetensors`` or ``NAME.pt`` beside ``NAME.json``
   (a ``CheckpointConfig``), or a directory holding ``model.safetensors`` + ``config.json``;
@@ -30,7 +33,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
@@ -40,6 +43,8 @@ from ..artifacts.artifact import ModelInfo
 from ..errors import DpmAlignError, UsageError
 from .model import PREDICTION_TYPES, Conditioning, EpsModel
 from .nets import ARCHITECTURES
+from .pipelines import (TEXT_UNETS, TRANSFORMERS, LatentDecoder, TextUNet, check_text_pipeline, denoiser_folder,
+                        encode_prompts, load_dit, load_text_unet, load_vae, quiet_loading, text_conditioning)
 from ..sampling.schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -85,7 +90,8 @@ class SidecarConfig(BaseModel):
 class LoadedModel:
     eps: EpsModel
     info: ModelInfo
-    sample_shape: tuple[int, int, int]
+    sample_shape: tuple[int, int, int]  # what the sampler runs on: the latents' shape for a latent pipeline
+    decoder: LatentDecoder | None = None  # a latent pipeline's VAE: latents -> images in [-1, 1]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -234,13 +240,15 @@ def _load_diffusers_unet(path: Path, subfolder: str | None) -> nn.Module:
     if config.get("_class_name") != "UNet2DModel":
         raise UsageError(
             f"{where} holds a {config.get('_class_name', 'unknown')} network; dpm-align supports diffusers "
-            "UNet2DModel (pixel-space, unconditional or class-conditional) checkpoints"
+            "UNet2DModel checkpoints, and pipeline directories of UNet2DModel, UNet2DConditionModel (Stable "
+            "Diffusion) or DiT: pass the pipeline directory"
         )
     if config.get("class_embed_type") is not None:
         raise UsageError(f"{where} uses class_embed_type {config['class_embed_type']!r}; dpm-align supports class "
                          "conditioning through num_class_embeds (integer labels) only")
     try:
-        unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
+        with quiet_loading():
+            unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load the UNet from {where} ({first}); the weights are missing or corrupt") from None
@@ -259,6 +267,8 @@ class _Found:
     source: str
     dtype: torch.dtype = torch.float32
     num_class_embeds: int | None = None  # class-conditional: the network is called net(x, t, labels)
+    text_pipeline: Path | None = None  # text-conditioned: the pipeline whose tokenizer/text encoder embed prompts
+    decoder: LatentDecoder | None = None
 
 
 def _from_checkpoint(weights: Path, config_path: Path, trust_pickle: bool, fmt: str, source: str) -> _Found:
@@ -268,30 +278,45 @@ def _from_checkpoint(weights: Path, config_path: Path, trust_pickle: bool, fmt: 
 
 def _from_diffusers(path: Path, schedule: str | None) -> _Found:
     source = str(path.resolve())
-    if (path / "model_index.json").is_file():
-        if not (path / "unet" / "config.json").is_file():
-            raise UsageError(f"{path} has model_index.json but no unet/config.json; it is not a UNet diffusion pipeline")
-        net = _load_diffusers_unet(path, "unet")
-        sched_file = path / "scheduler" / "scheduler_config.json"
-        sched_config = _read_json(sched_file, "scheduler config") if sched_file.is_file() else None
-        if schedule is not None:
-            spec = parse_schedule_option(schedule)
-        elif sched_config is not None:
-            spec = ScheduleSpec.from_diffusers_config(sched_config)
-        else:
-            raise UsageError(f"{path} has no scheduler/scheduler_config.json; pass --schedule")
-        prediction = (sched_config or {}).get("prediction_type", "epsilon")
-        fmt = "diffusers-pipeline"
-    elif schedule is None:
-        raise UsageError(
-            f"{path} is a bare UNet without a scheduler; pass --schedule "
-            f"({' | '.join(BETA_SCHEDULES)} | path/to/scheduler_config.json)"
-        )
+    if not (path / "model_index.json").is_file():
+        if schedule is None:
+            raise UsageError(
+                f"{path} is a bare UNet without a scheduler; pass --schedule "
+                f"({' | '.join(BETA_SCHEDULES)} | path/to/scheduler_config.json)"
+            )
+        net = _load_diffusers_unet(path, None)
+        return _Found(net, parse_schedule_option(schedule), "epsilon", "diffusers-unet", _shape(net.unet.config), source,
+                      num_class_embeds=net.num_class_embeds)
+    folder = denoiser_folder(path)
+    config = _read_json(path / folder / "config.json", f"{folder} config")
+    kind = config.get("_class_name")
+    text = None
+    if kind in TEXT_UNETS:
+        check_text_pipeline(path)
+        net, classes, text = load_text_unet(path, config), None, path
+    elif kind in TRANSFORMERS:
+        net = load_dit(path, config)
+        classes = net.num_class_embeds
     else:
-        net, spec, prediction, fmt = _load_diffusers_unet(path, None), parse_schedule_option(schedule), "epsilon", "diffusers-unet"
-    unet_cfg = net.unet.config
-    return _Found(net, spec, prediction, fmt, (int(unet_cfg.in_channels), *_hw(unet_cfg.sample_size)), source,
-                  num_class_embeds=net.num_class_embeds)
+        net = _load_diffusers_unet(path, folder)
+        classes = net.num_class_embeds
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    sched_config = _read_json(sched_file, "scheduler config") if sched_file.is_file() else None
+    if schedule is not None:
+        spec = parse_schedule_option(schedule)
+    elif sched_config is not None:
+        spec = ScheduleSpec.from_diffusers_config(sched_config)
+    else:
+        raise UsageError(f"{path} has no scheduler/scheduler_config.json; pass --schedule")
+    prediction = (sched_config or {}).get("prediction_type", "epsilon")
+    decoder = load_vae(path) if (path / "vae" / "config.json").is_file() else None
+    return _Found(net, spec, prediction, "diffusers-pipeline", _shape(config), source, num_class_embeds=classes,
+                  text_pipeline=text, decoder=decoder)
+
+
+def _shape(config: dict) -> tuple[int, int, int]:
+    """(C, H, W) the denoiser runs on: its in_channels and sample_size (latents for a latent pipeline)."""
+    return (int(config["in_channels"]), *_hw(config["sample_size"]))
 
 
 def _from_gmm(text: str) -> _Found:
@@ -582,6 +607,8 @@ def load_model(
     arch_config: str | Path | None = None,
     guidance_scale: float | None = None,
     null_class: int | None = None,
+    prompts: Sequence[str] | None = None,
+    negative_prompt: str | None = None,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
     ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
@@ -591,7 +618,9 @@ def load_model(
     gmm's). ``arch`` ("package.module:Class") with ``arch_config`` (a JSON file of constructor
     keyword arguments) builds the network for the bare state dict at ``path``. For a
     class-conditional network, ``guidance_scale`` (default 1: none) and ``null_class`` (default with
-    guidance: the last class embedding) set the classifier-free guidance."""
+    guidance: the last class embedding) set the classifier-free guidance. A text-conditioned
+    pipeline needs ``prompts`` (sample i gets prompt i mod P); its null condition is the empty
+    prompt, or ``negative_prompt``."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
@@ -617,6 +646,13 @@ def load_model(
     pred = prediction_type or found.prediction_type
     if pred not in PREDICTION_TYPES:
         raise UsageError(f"model prediction type {pred!r} is not supported; use --prediction-type epsilon|sample|v_prediction")
+    if found.text_pipeline is not None:
+        conditioning = text_conditioning(prompts, negative_prompt, guidance_scale, null_class, found.source)
+        found.net = TextUNet(found.net, encode_prompts(found.text_pipeline, prompts, negative_prompt or "", dev))
+    elif prompts or negative_prompt is not None:
+        raise UsageError(f"{found.source} is not text-conditioned; drop --prompt, --prompts and --negative-prompt")
+    else:
+        conditioning = make_conditioning(found.num_class_embeds, guidance_scale, null_class, found.source)
     net = found.net.to(dev).eval()
     for param in net.parameters():  # not net.requires_grad_(): ScriptModules lack it
         param.requires_grad_(False)
@@ -629,9 +665,8 @@ def load_model(
         num_train_timesteps=spec.num_train_timesteps,
         schedule=spec,
     )
-    conditioning = make_conditioning(found.num_class_embeds, guidance_scale, null_class, found.source)
     return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning), info,
-                       tuple(int(v) for v in found.sample_shape))
+                       tuple(int(v) for v in found.sample_shape), None if found.decoder is None else found.decoder.to(dev))
 
 
 def make_conditioning(num_class_embeds: int | None, guidance_scale: float | None, null_class: int | None,

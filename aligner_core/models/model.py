@@ -10,12 +10,16 @@ called ``net(x, t, labels)``, and with guidance scale w != 1 the wrapper returns
 eps_null + w (eps_label - eps_null) (Ho & Salimans, 2022), the null label being one of the
 network's class embeddings. Samplers and the fit never see labels: they receive ``bind(labels)``,
 an eps(x, t) for one batch.
+
+Text conditioning (``TextConditioning``) uses the same path: the network wrapper holds a table of
+prompt embeddings, the "labels" are indices into it (sample i gets prompt i mod P), and the null
+condition of the guidance is the row after the prompts (the empty or the negative prompt).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +37,7 @@ class Conditioning(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["class"] = "class"
     num_class_embeds: int = Field(ge=1, description="class embeddings of the network, labels 0..num_class_embeds-1")
     null_class: int | None = Field(None, description="the unconditional label (classifier-free guidance); never drawn")
     guidance_scale: float = Field(1.0, ge=0, description="w: eps_null + w (eps_label - eps_null); 1 = no guidance")
@@ -79,6 +84,51 @@ class Conditioning(BaseModel):
         return torch.cat([self.random_labels(1, g) for g in gens]) if gens else torch.zeros(0, dtype=torch.long)
 
 
+class TextConditioning(BaseModel):
+    """How a text-conditioned network is conditioned: the guidance scale (part of the artifact's key)
+    and which prompts (a sha256 and a count, recorded but not in the key: taus fitted on some prompts
+    are used for any). Labels are prompt indices; sample i gets prompt i mod ``num_prompts``, and the
+    null condition (index ``num_prompts``) is the empty prompt or the negative prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["text"] = "text"
+    num_prompts: int = Field(ge=1, description="prompts the taus were fitted on (or sampled with)")
+    prompts_sha256: str = Field(description="sha256 of the prompts as a JSON list of strings, in order")
+    negative_prompt_sha256: str | None = Field(None, description="sha256 of the negative prompt (the null "
+                                               "condition); None = the empty prompt")
+    guidance_scale: float = Field(1.0, ge=0, description="w: eps_null + w (eps_prompt - eps_null); 1 = no guidance")
+
+    @property
+    def null_class(self) -> int:
+        """The index of the null condition in the wrapper's embedding table (after the prompts)."""
+        return self.num_prompts
+
+    @property
+    def label(self) -> str:
+        """The conditioning as it appears in artifact keys: ``text``, ``text-cfg7.5``."""
+        return "text" + (f"-cfg{self.guidance_scale:g}" if self.guidance_scale != 1.0 else "")
+
+    def random_labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise i of a fit gets prompt i mod P (the generator is not used: nothing is drawn)."""
+        return torch.arange(n) % self.num_prompts
+
+    def per_sample_labels(self, seed: int, indices: Sequence[int], given: Sequence[int] | None = None) -> torch.Tensor:
+        """Sample k gets prompt k mod P, whatever the seed or batch size."""
+        if given:
+            raise UsageError("--class-label is for class-conditional models; a text-conditioned model takes --prompt")
+        return torch.tensor([int(k) % self.num_prompts for k in indices], dtype=torch.long)
+
+
+AnyConditioning = Union[Conditioning, TextConditioning]
+
+
+def same_key(a: AnyConditioning | None, b: AnyConditioning | None) -> bool:
+    """Whether two conditionings key the same taus: the same kind and label (the prompts of a text
+    conditioning are not compared)."""
+    return (None if a is None else (a.kind, a.label)) == (None if b is None else (b.kind, b.label))
+
+
 class EpsModel:
     """Callable eps(x, t): x of any float dtype, t a float or a tensor broadcastable to [B]."""
 
@@ -88,7 +138,7 @@ class EpsModel:
         schedule: NoiseSchedule,
         prediction_type: str = "epsilon",
         dtype: torch.dtype = torch.float32,
-        conditioning: Conditioning | None = None,
+        conditioning: AnyConditioning | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(
@@ -161,7 +211,7 @@ class _Labelled:
         return self.model(x, t, self.labels)
 
 
-def conditioning_of(eps) -> Conditioning | None:
+def conditioning_of(eps) -> AnyConditioning | None:
     """The conditioning of an eps callable (None for unconditional models and plain callables)."""
     return getattr(eps, "conditioning", None)
 

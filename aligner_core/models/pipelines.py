@@ -1,0 +1,228 @@
+"""Diffusers pipelines beyond pixel-space ``UNet2DModel``: latent pipelines (a ``vae/``), text
+conditioning (Stable Diffusion: ``tokenizer/`` + ``text_encoder/`` CLIP + ``UNet2DConditionModel``)
+and DiT (``Transformer2DModel`` / ``DiTTransformer2DModel``: class labels, learned sigma).
+
+Every wrapper keeps the diffusers denoiser at ``.unet`` (a UNet or a transformer), so that the
+model's sha256 is that of the denoiser's tensors (``unet.<name>``) in every form, as
+``AlignedScheduler.from_artifact(unet=pipe.unet or pipe.transformer)`` computes it. The prompt
+embeddings are a non-persistent buffer: they are not part of the sha256. Sampling, fitting and
+validation of a latent pipeline run in latent space at the denoiser's shape; only ``sample``
+decodes, with the VAE (``vae.decode(latents / scaling_factor)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from .model import TextConditioning
+
+TEXT_UNETS = ("UNet2DConditionModel",)
+TRANSFORMERS = ("Transformer2DModel", "DiTTransformer2DModel")
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence the advice and progress bars diffusers and transformers print while loading (e.g.
+    "Cannot initialize model with low cpu memory usage because `accelerate` was not found")."""
+    names = ("diffusers", "transformers")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    bars = []
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        bars.append((diffusers_logging, diffusers_logging.is_progress_bar_enabled()))
+        diffusers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        bars.append((transformers_logging, transformers_logging.is_progress_bar_enabled()))
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # transformers is optional (text pipelines)
+        pass
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for module, enabled in bars:
+            if enabled:
+                module.enable_progress_bar()
+
+
+class TextUNet(nn.Module):
+    """``UNet2DConditionModel(x, t, encoder_hidden_states=embeddings[labels]).sample``: labels are
+    indices into the table of prompt embeddings (the last row is the null condition)."""
+
+    def __init__(self, unet: nn.Module, embeddings: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("embeddings", embeddings, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=self.embeddings[labels].to(x.dtype)).sample
+
+
+class DiTNet(nn.Module):
+    """A DiT transformer ``(x, t, class_labels) -> eps``: with learned sigma (2C output channels)
+    the first C are eps, the rest (the variance) is dropped."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.unet = transformer  # named like the UNets' so that the sha256 has one form
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.unet(x, timestep=t, class_labels=class_labels).sample
+        return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
+
+    @property
+    def num_class_embeds(self) -> int:
+        """DiT's label table: the classes plus one null embedding (``num_embeds_ada_norm``, 1000 for
+        ImageNet, the label DiTPipeline uses as null)."""
+        return int(self.unet.config.num_embeds_ada_norm) + 1
+
+
+class LatentDecoder:
+    """The VAE of a latent pipeline: latents -> images in [-1, 1]."""
+
+    def __init__(self, vae: nn.Module):
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def to(self, device: torch.device) -> "LatentDecoder":
+        self.vae.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        images = self.vae.decode(latents.to(dtype) / self.scaling_factor).sample
+        return images.clamp(-1, 1)
+
+
+def denoiser_folder(path: Path) -> str:
+    """``unet`` or ``transformer``: the pipeline's denoiser sub-folder."""
+    for folder in ("unet", "transformer"):
+        if (path / folder / "config.json").is_file():
+            return folder
+    raise UsageError(f"{path} has model_index.json but no unet/config.json or transformer/config.json; "
+                     "it is not a diffusion pipeline dpm-align reads")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load(cls, path: Path, subfolder: str, what: str) -> nn.Module:
+    try:
+        with quiet_loading():
+            return cls.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
+    except Exception as exc:
+        raise UsageError(f"cannot load the {what} from {path / subfolder} ({_first_line(exc)}); "
+                         "the files are missing or corrupt") from None
+
+
+def load_text_unet(path: Path, config: dict) -> nn.Module:
+    """The UNet2DConditionModel of a Stable Diffusion pipeline (without its prompt embeddings)."""
+    from diffusers import UNet2DConditionModel
+
+    unsupported = {key: config.get(key) for key in ("class_embed_type", "addition_embed_type") if config.get(key)}
+    if unsupported:
+        key, value = next(iter(unsupported.items()))
+        raise UsageError(f"{path / 'unet'} uses {key} {value!r} (SDXL-style extra conditioning); dpm-align supports "
+                         "Stable Diffusion 1.x/2.x UNets conditioned on text only")
+    return _load(UNet2DConditionModel, path, "unet", "UNet")
+
+
+def load_dit(path: Path, config: dict) -> DiTNet:
+    from diffusers import DiTTransformer2DModel
+
+    if config.get("norm_type") != "ada_norm_zero" or not config.get("num_embeds_ada_norm"):
+        raise UsageError(f"{path / 'transformer'} is not a class-conditional DiT transformer (norm_type ada_norm_zero "
+                         "with num_embeds_ada_norm); dpm-align supports DiT pipelines only")
+    return DiTNet(_load(DiTTransformer2DModel, path, "transformer", "transformer"))
+
+
+def load_vae(path: Path) -> LatentDecoder:
+    from diffusers import AutoencoderKL
+
+    return LatentDecoder(_load(AutoencoderKL, path, "vae", "VAE").eval().requires_grad_(False))
+
+
+def check_text_pipeline(path: Path) -> None:
+    """A text-conditioned pipeline needs its tokenizer and text encoder (and transformers)."""
+    missing = [folder for folder in ("tokenizer", "text_encoder") if not (path / folder).is_dir()]
+    if missing:
+        raise UsageError(f"{path} has a text-conditioned UNet but no {' or '.join(f'{m}/' for m in missing)}; "
+                         "copy the whole Stable Diffusion pipeline directory (tokenizer, text_encoder, unet, "
+                         "scheduler, vae)")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError("text-conditioned pipelines need the transformers package; "
+                         "pip install 'dpm-align[text]'") from None
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """sha256 of the prompts as a JSON list of strings, in order."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def read_prompts(path: Path) -> list[str]:
+    """``--prompts FILE``: one prompt per line (blank lines skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"--prompts {path} does not exist; pass a text file with one prompt per line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --prompts {path} ({exc}); pass a UTF-8 text file, one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"--prompts {path} holds no prompt (it is empty or blank); write one prompt per line")
+    return prompts
+
+
+@torch.no_grad()
+def encode_prompts(path: Path, prompts: Sequence[str], null_prompt: str, device: torch.device) -> torch.Tensor:
+    """[P + 1, L, D] CLIP embeddings of the prompts and of the null prompt (last row), as
+    StableDiffusionPipeline.encode_prompt makes them (padded to the tokenizer's max length, the
+    last hidden state; the attention mask only if the encoder's config asks for it)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = _load(CLIPTokenizer, path, "tokenizer", "tokenizer")
+    encoder = _load(CLIPTextModel, path, "text_encoder", "text encoder").to(device).eval()
+    tokens = tokenizer([*prompts, null_prompt], padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
+    return encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
+
+
+def text_conditioning(prompts: Sequence[str] | None, negative_prompt: str | None, guidance_scale: float | None,
+                      null_class: int | None, source: str) -> TextConditioning:
+    if not prompts:
+        raise UsageError(f"{source} is text-conditioned; pass --prompt TEXT (repeatable) or --prompts FILE")
+    if null_class is not None:
+        raise UsageError("--null-class is for class-conditional models; the null condition of a text-conditioned "
+                         "model is the empty prompt (or --negative-prompt)")
+    scale = 1.0 if guidance_scale is None else float(guidance_scale)
+    if scale < 0:
+        raise UsageError(f"--guidance-scale {scale:g} is negative; use w >= 0 (1 = no guidance)")
+    if negative_prompt is not None and scale == 1.0:
+        raise UsageError("--negative-prompt replaces the empty prompt of classifier-free guidance; "
+                         "also pass --guidance-scale w (w != 1), e.g. 7.5")
+    return TextConditioning(num_prompts=len(prompts), prompts_sha256=prompts_sha256(prompts), guidance_scale=scale,
+                            negative_prompt_sha256=None if negative_prompt is None else prompts_sha256([negative_prompt]))
