@@ -106,14 +106,14 @@ class ModelSpec:
         return given or None
 
     def load(self, device: str, *, identity_only: bool = False):
-        """The model on ``device``; ``identity_only`` (inspect --check): a text-conditioned model
-        without prompts is loaded with the empty prompt, since only its ModelInfo is used."""
+        """The model on ``device``; ``identity_only`` (inspect --check): only its ModelInfo is used,
+        so a text-conditioned model needs no prompts."""
         dev = resolve_device(device)
-        prompts = self.prompt_list() or ([""] if identity_only else None)
         return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
                           trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
                           sample_shape=self.sample_shape, guidance_scale=self.guidance_scale,
-                          null_class=self.null_class, prompts=prompts, negative_prompt=self.negative_prompt), dev
+                          null_class=self.null_class, prompts=self.prompt_list(), negative_prompt=self.negative_prompt,
+                          identity_only=identity_only), dev
 
 
 def _model_options(

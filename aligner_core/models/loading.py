@@ -609,6 +609,7 @@ def load_model(
     null_class: int | None = None,
     prompts: Sequence[str] | None = None,
     negative_prompt: str | None = None,
+    identity_only: bool = False,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
     ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
@@ -620,7 +621,8 @@ def load_model(
     class-conditional network, ``guidance_scale`` (default 1: none) and ``null_class`` (default with
     guidance: the last class embedding) set the classifier-free guidance. A text-conditioned
     pipeline needs ``prompts`` (sample i gets prompt i mod P); its null condition is the empty
-    prompt, or ``negative_prompt``."""
+    prompt, or ``negative_prompt``. ``identity_only``: only ``info`` will be used (``inspect
+    --check``), so a text-conditioned model without prompts is loaded with the empty prompt."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
@@ -647,6 +649,7 @@ def load_model(
     if pred not in PREDICTION_TYPES:
         raise UsageError(f"model prediction type {pred!r} is not supported; use --prediction-type epsilon|sample|v_prediction")
     if found.text_pipeline is not None:
+        prompts = prompts or ([""] if identity_only else None)
         conditioning = text_conditioning(prompts, negative_prompt, guidance_scale, null_class, found.source)
         found.net = TextUNet(found.net, encode_prompts(found.text_pipeline, prompts, negative_prompt or "", dev))
     elif prompts or negative_prompt is not None:

@@ -1,0 +1,273 @@
+"""Latent and text-conditioned diffusers pipelines, end to end on tiny random-weight pipelines built
+here (tests/tiny_pipelines.py): Stable Diffusion (prompts, guidance, negative prompt, v-prediction)
+and DiT (class labels, learned sigma), through --model; AlignedScheduler inside the unmodified
+diffusers pipelines; every error message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dpm_align.aligner_core.api import SamplingPlan, decode, generate, resolve_plan
+from dpm_align.aligner_core.artifacts.artifact import read_artifact
+from dpm_align.aligner_core.errors import UsageError
+from dpm_align.aligner_core.models.loading import load_model
+from dpm_align.aligner_core.models.pipelines import prompts_sha256
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
+from tests.conftest import GMM_TINY, assert_close_to_scale, assert_one_line, parse_json
+from tests.test_cli import one_line_error
+from tests.tiny_pipelines import LATENT_SHAPE, tiny_dit_pipeline, tiny_sd_pipeline
+
+pytest.importorskip("transformers")
+
+# the tiniest fit: golden search, 2 evaluations per step on 4 noises, no verdict
+TINY_FIT = ("--nfe", "3", "--preset", "golden", "--iterations", "2", "--num-samples", "4", "--device", "cpu",
+            "--quiet", "--no-validate", "--keep-worse")
+PROMPTS = ["a cat", "a dog."]
+
+
+@pytest.fixture(scope="session")
+def sd_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sd") / "sd"
+    tiny_sd_pipeline(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sd_v_dir(sd_dir, tmp_path_factory):
+    """The same pipeline with a v-prediction scheduler config (as SD 2.x at 768)."""
+    directory = tmp_path_factory.mktemp("sd-v") / "sd"
+    shutil.copytree(sd_dir, directory)
+    config_path = directory / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), prediction_type="v_prediction")))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def dit_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("dit") / "dit"
+    tiny_dit_pipeline(directory)
+    return directory
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n\n")
+    return path
+
+
+def test_sd_align_sample_inspect_eval(cli, sd_dir, prompts_file, tmp_path):
+    """align (with a small verdict, in latent space), sample (decoded PNGs), inspect --check, eval."""
+    fit = [a for a in TINY_FIT if a != "--no-validate"]
+    result = cli("align", "--model", sd_dir, "--prompts", prompts_file, "--guidance-scale", "3", "--validation-samples",
+                 "8", "--validation-max-samples", "8", "--validation-reference-nfe", "6", "--json", *fit)
+    assert result.exit_code == 0, result.output
+    document = parse_json(result)
+    artifact = document["artifact"]
+    assert artifact["validation"] is not None
+    assert artifact["key"].endswith("-nfe3-text-cfg3")
+    assert artifact["conditioning"] == {"kind": "text", "num_prompts": 2, "prompts_sha256": prompts_sha256(PROMPTS),
+                                        "negative_prompt_sha256": None, "guidance_scale": 3.0}
+    assert artifact["model"]["format"] == "diffusers-pipeline"
+    # other prompts use the same taus (the prompts are not in the key); images are decoded, 16x16 RGB
+    out = tmp_path / "png"
+    result = cli("sample", "--model", sd_dir, "--prompt", "a bird", "--guidance-scale", "3", "--nfe", "3", "-n", "3",
+                 "--out", out, "--json", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    summary = parse_json(result)
+    assert summary["aligned"] and summary["key"] == artifact["key"]
+    assert summary["prompts"] == ["a bird"] and summary["labels"] == [0, 0, 0]
+    from PIL import Image
+
+    image = Image.open(out / "00002.png")
+    assert image.size == (16, 16) and image.mode == "RGB"
+    path = document["written"][0]
+    result = cli("inspect", path, "--check", "--model", sd_dir)
+    assert result.exit_code == 0, result.output
+    assert "conditioning: text, fitted on 2 prompt(s)" in result.stdout
+    result = cli("eval", "--model", sd_dir, "--prompt", "a cat", "--guidance-scale", "3", "--nfe", "3", "-n", "4",
+                 "--reference-nfe", "6", "--json", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["key"] == artifact["key"]
+
+
+def test_key_changes_with_the_guidance_scale_not_the_prompts(sd_dir):
+    keys = {}
+    for scale, prompts in ((1.0, ["a cat"]), (1.0, ["a dog", "a cat"]), (7.5, ["a cat"]), (2.0, ["a cat"])):
+        model = load_model(sd_dir, prompts=prompts, guidance_scale=scale)
+        plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
+        keys.setdefault(scale, set()).add(plan.key(model))
+    assert [len(k) for k in keys.values()] == [1, 1, 1]
+    assert len(set().union(*keys.values())) == 3
+    assert next(iter(keys[7.5])).endswith("-text-cfg7.5")
+
+
+def test_prompt_i_mod_p_and_guidance_and_negative_prompt(sd_dir):
+    """Sample i is conditioned on prompt i mod P; guidance mixes the prompt's and the null row."""
+    guided = load_model(sd_dir, prompts=PROMPTS, guidance_scale=4.0)
+    negative = load_model(sd_dir, prompts=PROMPTS, guidance_scale=4.0, negative_prompt="a dog.")
+    labels = guided.eps.conditioning.per_sample_labels(0, range(5))
+    assert labels.tolist() == [0, 1, 0, 1, 0]
+    x = torch.randn(5, *LATENT_SHAPE, generator=torch.Generator().manual_seed(0))
+    net, t = guided.eps.net, torch.full((5,), 500.0)  # eps-prediction: the raw network output is eps
+    cond, null = net(x, t, labels), net(x, t, torch.full((5,), 2))  # the prompt rows, the null row (empty prompt)
+    assert torch.allclose(guided.eps.bind(labels)(x, 500.0), null + 4.0 * (cond - null), atol=1e-4)
+    # the negative prompt "a dog." as the null condition: sample 1 (prompt "a dog.") has no guidance left
+    assert torch.allclose(negative.eps.bind(labels)(x, 500.0)[1:2], cond[1:2], atol=1e-4)
+    assert not torch.allclose(guided.eps.bind(labels)(x, 500.0)[1:2], cond[1:2], atol=1e-4)
+    assert negative.eps.conditioning.negative_prompt_sha256 == prompts_sha256(["a dog."])
+    assert negative.info.sha256 == guided.info.sha256  # the prompts are not part of the model's sha256
+
+
+def test_v_prediction_comes_from_the_scheduler_config(sd_v_dir):
+    model = load_model(sd_v_dir, prompts=["a cat"])
+    assert model.info.prediction_type == "v_prediction" and model.eps.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_aligned_scheduler_in_an_unmodified_stable_diffusion_pipeline(sd_dir, sd_v_dir, prediction, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from dpm_align.aligner_core.artifacts.artifact import write_artifact
+    from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
+
+    directory = sd_dir if prediction == "epsilon" else sd_v_dir
+    model = load_model(directory, prompts=PROMPTS, guidance_scale=3.0)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
+    artifact = shifted_artifact(model, plan)
+    write_artifact(artifact, tmp_path / "taus.json")
+    (batch,) = generate(model, plan, artifact.taus, num_samples=4, batch_size=4, seed=0)
+    pipe = StableDiffusionPipeline.from_pretrained(str(directory), local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = AlignedScheduler.from_artifact(tmp_path / "taus.json", unet=pipe.unet)
+    x_T = PerSampleNoise(0, range(4), model.sample_shape, "cpu")().float()
+    latents = pipe(prompt=[PROMPTS[i % 2] for i in range(4)], latents=x_T, guidance_scale=3.0, output_type="latent",
+                   num_inference_steps=pipe.scheduler.num_inference_steps).images
+    assert_close_to_scale(batch.samples, latents, tol=1e-4)
+
+
+def test_dit_class_labels_end_to_end(cli, dit_dir, tmp_path):
+    result = cli("align", "--model", dit_dir, "--guidance-scale", "2", "--json", *TINY_FIT)
+    assert result.exit_code == 0, result.output
+    key = parse_json(result)["artifact"]["key"]
+    assert key.endswith("-class-cfg2-null1000")
+    out = tmp_path / "latents"
+    result = cli("sample", "--model", dit_dir, "--guidance-scale", "2", "--nfe", "3", "-n", "3", "--class-label", "7",
+                 "--class-label", "999", "--format", "latents", "--out", out, "--json", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    summary = parse_json(result)
+    assert summary["key"] == key and summary["labels"] == [7, 999, 7] and summary["grid"] is None
+    stored = np.load(out / "latents.npz")
+    assert stored["latents"].shape == (3, *LATENT_SHAPE) and stored["latents"].dtype == np.float32
+    assert stored["labels"].tolist() == [7, 999, 7]
+    result = cli("inspect", parse_json(result)["taus_file"], "--check", "--model", dit_dir, "--guidance-scale", "2")
+    assert result.exit_code == 0, result.output
+
+
+def test_aligned_scheduler_in_an_unmodified_dit_pipeline(dit_dir):
+    """DiTPipeline draws its own latents (randn with the generator) and decodes them: the same
+    latents through dpm-align's sampler and the VAE give the same images."""
+    from diffusers import DiTPipeline
+
+    from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
+
+    model = load_model(dit_dir, guidance_scale=2.0)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
+    artifact = shifted_artifact(model, plan)
+    pipe = DiTPipeline.from_pretrained(str(dit_dir), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = AlignedScheduler.from_artifact(artifact, unet=pipe.transformer)
+    labels = [3, 998]
+    images = pipe(class_labels=labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(5),
+                  num_inference_steps=3, output_type="pt").images
+    x_T = torch.randn((2, *LATENT_SHAPE), generator=torch.Generator().manual_seed(5))
+    ours = run_sampler("ddim", model.eps.bind(torch.tensor(labels)), x_T.double(), plan.grid, artifact.taus,
+                       StepContext(model.eps.schedule, 0.0))
+    assert_close_to_scale(decode(model, ours) / 2 + 0.5, images, tol=1e-4)
+
+
+def shifted_artifact(model, plan):
+    """An artifact for ``plan`` with taus moved off the grid (so that they matter)."""
+    from dpm_align.aligner_core.api import align
+    from dpm_align.aligner_core.fitting.fit import resolve_config
+
+    artifact = align(model, plan, resolve_config("golden", iterations=2, num_samples=4))
+    return artifact.model_copy(update={"taus": [t - 5.0 * (i + 1) for i, t in enumerate(artifact.taus)]})
+
+
+def test_learned_sigma_returns_the_first_c_channels(dit_dir):
+    model = load_model(dit_dir)
+    x = torch.randn(2, *LATENT_SHAPE)
+    out = model.eps.net.unet(x, timestep=torch.tensor([400.0, 400.0]), class_labels=torch.tensor([1, 2])).sample
+    assert out.shape[1] == 8
+    assert torch.allclose(model.eps.bind(torch.tensor([1, 2]))(x, 400.0), out[:, :4], atol=1e-6)
+    assert model.eps.conditioning.num_class_embeds == 1001
+
+
+# ---------------------------------------------------------------- errors, one line each
+
+
+def test_prompts_for_a_model_that_is_not_text_conditioned(cli, tmp_path):
+    result = cli("sample", "--model", GMM_TINY, "--prompt", "a cat", "--nfe", "2", "--no-taus", "--out", tmp_path / "s")
+    one_line_error(result, 2, "is not text-conditioned; drop --prompt, --prompts and --negative-prompt")
+
+
+def test_text_model_without_prompts(cli, sd_dir, tmp_path):
+    result = cli("sample", "--model", sd_dir, "--nfe", "2", "--no-taus", "--out", tmp_path / "s")
+    one_line_error(result, 2, "is text-conditioned; pass --prompt TEXT (repeatable) or --prompts FILE")
+
+
+def test_missing_tokenizer_or_text_encoder(sd_dir, tmp_path):
+    for folder in ("tokenizer", "text_encoder"):
+        broken = tmp_path / f"no-{folder}"
+        shutil.copytree(sd_dir, broken)
+        shutil.rmtree(broken / folder)
+        with pytest.raises(UsageError) as excinfo:
+            load_model(broken, prompts=["a cat"])
+        assert_one_line(excinfo, f"has a text-conditioned UNet but no {folder}/", "copy the whole Stable Diffusion")
+
+
+def test_empty_prompts_file(cli, sd_dir, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    result = cli("align", "--model", sd_dir, "--prompts", empty, *TINY_FIT)
+    one_line_error(result, 2, "holds no prompt (it is empty or blank); write one prompt per line")
+    result = cli("align", "--model", sd_dir, "--prompts", tmp_path / "missing.txt", *TINY_FIT)
+    one_line_error(result, 2, "does not exist; pass a text file with one prompt per line")
+
+
+def test_text_conditioning_option_errors(sd_dir):
+    with pytest.raises(UsageError) as excinfo:
+        load_model(sd_dir, prompts=["a cat"], negative_prompt="blurry")
+    assert_one_line(excinfo, "--negative-prompt replaces the empty prompt", "--guidance-scale")
+    with pytest.raises(UsageError) as excinfo:
+        load_model(sd_dir, prompts=["a cat"], null_class=3)
+    assert_one_line(excinfo, "--null-class is for class-conditional models")
+    with pytest.raises(UsageError) as excinfo:
+        load_model(sd_dir, prompts=["a cat"], guidance_scale=-1)
+    assert_one_line(excinfo, "--guidance-scale -1 is negative")
+
+
+def test_latent_only_options(cli, sd_dir, tmp_path):
+    result = cli("sample", "--model", GMM_TINY, "--nfe", "2", "--no-taus", "--format", "latents", "--out", tmp_path / "s")
+    one_line_error(result, 2, "--format latents is for latent pipelines")
+    result = cli("align", "--model", sd_dir, "--prompt", "a cat", "--data", "digits", *TINY_FIT)
+    one_line_error(result, 2, "fitted in latent space on its own samples; drop --data")
+    model = load_model(sd_dir, prompts=["a cat"])
+    plan, _, _ = resolve_plan(model, sampler=None, eta=None, trajectory=None, nfe=3, use_taus=False)
+    with pytest.raises(UsageError) as excinfo:
+        list(generate(model, plan, None, num_samples=1, class_labels=[1]))
+    assert_one_line(excinfo, "--class-label was given but the model is not class-conditional")
+
+
+def test_loading_prints_no_accelerate_advice(cli, dit_dir, capfd):
+    result = cli("inspect", "--help")
+    assert result.exit_code == 0
+    load_model(dit_dir)
+    captured = capfd.readouterr()
+    assert "accelerate" not in captured.err and "low_cpu_mem_usage" not in captured.err
