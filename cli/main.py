@@ -41,7 +41,7 @@ from dpm_align.aligner_core.models.model import TextConditioning
 from dpm_align.aligner_core.models.pipelines import read_prompts
 from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
-from .output import emit_json, handle_errors, progress_bar, stderr
+from .output import CompactCommand, emit_json, handle_errors, progress_bar, stderr
 
 stdout = Console(soft_wrap=True)
 
@@ -56,23 +56,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="diffusers pipeline dir, unet/ dir, .safetensors/.pt checkpoint, TorchScript file, package.module:factory, or gmm; omit for the embedded demo model")]
-ScheduleOpt = Annotated[Optional[str], typer.Option(help="noise schedule for a bare UNet: linear | scaled_linear | squaredcos_cap_v2 | scheduler_config.json")]
-PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="override: epsilon | sample | v_prediction")]
-TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)")]
-ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.module:Class for a bare state dict --model")]
-ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments")]
-GuidanceOpt = Annotated[Optional[float], typer.Option(help="class- or text-conditional models: classifier-free guidance scale w, eps_null + w (eps_cond - eps_null) [default: 1, no guidance]")]
-PromptOpt = Annotated[Optional[list[str]], typer.Option("--prompt", help="text-conditioned pipelines (Stable Diffusion): a prompt; repeat for several (sample i gets prompt i mod P)")]
-PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="text-conditioned pipelines: a text file, one prompt per line (after any --prompt)")]
-NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="text-conditioned pipelines with guidance: the null condition instead of the empty prompt")]
-NullClassOpt = Annotated[Optional[int], typer.Option(help="class-conditional models: the unconditional label [default with guidance: the last class embedding]")]
-ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)")]
-NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]")]
-SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun | analytic-ddim | analytic-ddpm [default: ddim]")]
-EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]")]
-TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]")]
-RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="diffusers pipeline dir, unet/ dir, .safetensors/.pt checkpoint, TorchScript file, package.module:factory, or gmm; omit for the embedded demo model", rich_help_panel="Model")]
+ScheduleOpt = Annotated[Optional[str], typer.Option(help="noise schedule for a bare UNet: linear | scaled_linear | squaredcos_cap_v2 | scheduler_config.json", rich_help_panel="Model")]
+PredOpt = Annotated[Optional[str], typer.Option("--prediction-type", help="override: epsilon | sample | v_prediction", rich_help_panel="Model")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow full pickle loading of .pt files (only for files you trust)", rich_help_panel="Model")]
+ArchOpt = Annotated[Optional[str], typer.Option(help="network class package.module:Class for a bare state dict --model", rich_help_panel="Model")]
+ArchConfigOpt = Annotated[Optional[Path], typer.Option(help="JSON file of the --arch constructor's keyword arguments", rich_help_panel="Model")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="class- or text-conditional models: classifier-free guidance scale w, eps_null + w (eps_cond - eps_null) [default: 1, no guidance]", rich_help_panel="Model")]
+PromptOpt = Annotated[Optional[list[str]], typer.Option("--prompt", help="text-conditioned pipelines (Stable Diffusion): a prompt; repeat for several (sample i gets prompt i mod P)", rich_help_panel="Model")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="text-conditioned pipelines: a text file, one prompt per line (after any --prompt)", rich_help_panel="Model")]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="text-conditioned pipelines with guidance: the null condition instead of the empty prompt", rich_help_panel="Model")]
+NullClassOpt = Annotated[Optional[int], typer.Option(help="class-conditional models: the unconditional label [default with guidance: the last class embedding]", rich_help_panel="Model")]
+ShapeOpt = Annotated[Optional[str], typer.Option(help="sample shape C,H,W (TorchScript, factory, --arch models without a sidecar)", rich_help_panel="Model")]
+NfeOpt = Annotated[Optional[int], typer.Option(help="network evaluations (= steps for ddim/ddpm, 2 x steps for dpm-solver-2/edm-heun) [default: 10]", rich_help_panel="Sampler")]
+SamplerOpt = Annotated[Optional[str], typer.Option(help="ddim | ddpm | dpm-solver-2 | edm-heun | analytic-ddim | analytic-ddpm [default: ddim]", rich_help_panel="Sampler")]
+EtaOpt = Annotated[Optional[float], typer.Option(help="noise scale of DDIM-family samplers [default: 0 for ddim, 1 for ddpm]", rich_help_panel="Sampler")]
+TrajOpt = Annotated[Optional[str], typer.Option(help="uniform | quadratic | logsnr | edm [default: uniform]", rich_help_panel="Sampler")]
+RhoOpt = Annotated[Optional[float], typer.Option(help="edm trajectory only: rho [default: 7]", rich_help_panel="Sampler")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
@@ -190,31 +190,31 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """Fit, store and use aligned timesteps for few-step diffusion sampling."""
 
 
-@app.command("align")
+@app.command("align", cls=CompactCommand)
 @handle_errors
 @with_model_options
 @with_sampling_options
 def align_cmd(
     spec: ModelSpec,
     sampling: SamplingOptions,
-    strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)")] = None,
-    preset: Annotated[str, typer.Option(help="default (joint for deterministic samplers, golden for stochastic ones) | joint (all taus at once against a fine DDIM teacher, LD3-style) | golden (golden-section search of Eq. 5 per step) | official (the paper code's Adam settings)")] = "default",
-    data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="override the preset: paper (Eq. 5) | teacher (per-step match of a fine DDIM) | joint (use --preset joint)")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="override the preset: golden | adam")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="override the preset: iterations per step")] = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="override the preset: samples per step")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="override the preset: network batch size")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="sequential (Algorithm 1) | parallel (Eq. 8, needs --data)", rich_help_panel="Fit")] = None,
+    preset: Annotated[str, typer.Option(help="default (joint for deterministic samplers, golden for stochastic ones) | joint (all taus at once against a fine DDIM teacher, LD3-style) | golden (golden-section search of Eq. 5 per step) | official (the paper code's Adam settings)", rich_help_panel="Fit")] = "default",
+    data: Annotated[Optional[str], typer.Option(help="image folder, .npz, or mnist | cifar10 | digits", rich_help_panel="Fit")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="override the preset: paper (Eq. 5) | teacher (per-step match of a fine DDIM) | joint (use --preset joint)", rich_help_panel="Fit")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="override the preset: golden | adam", rich_help_panel="Fit")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="override the preset: iterations per step", rich_help_panel="Fit")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="override the preset: samples per step", rich_help_panel="Fit")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="override the preset: network batch size", rich_help_panel="Fit")] = None,
     out: Annotated[Optional[Path], typer.Option(help="also write the artifact here")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
-    candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]")] = None,
-    validate: Annotated[bool, typer.Option(help="judge baseline vs aligned on held-out seeds after fitting (the verdict)")] = True,
-    validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look")] = 128,
-    validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many")] = 512,
-    validation_budget: Annotated[Optional[float], typer.Option(min=0, help="verdict: seconds after which no further look is started [default: no limit; a limit makes the verdict depend on the machine's speed]")] = None,
-    validation_reference_nfe: Annotated[int, typer.Option(min=2, help="verdict: network evaluations of the reference (DPM-Solver++(2M), steps uniform in log-SNR)")] = 100,
-    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="verdict: family-wise confidence of the intervals")] = 0.95,
-    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if the verdict is not 'better'")] = False,
+    candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]", rich_help_panel="Fit")] = None,
+    no_validate: Annotated[bool, typer.Option("--no-validate", help="skip the verdict (baseline vs aligned on held-out seeds after fitting)", rich_help_panel="Verdict")] = False,
+    validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look", rich_help_panel="Verdict")] = 128,
+    validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many", rich_help_panel="Verdict")] = 512,
+    validation_budget: Annotated[Optional[float], typer.Option(min=0, help="verdict: seconds after which no further look is started [default: no limit; a limit makes the verdict depend on the machine's speed]", rich_help_panel="Verdict")] = None,
+    validation_reference_nfe: Annotated[int, typer.Option(min=2, help="verdict: network evaluations of the reference (DPM-Solver++(2M), steps uniform in log-SNR)", rich_help_panel="Verdict")] = 100,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="verdict: family-wise confidence of the intervals", rich_help_panel="Verdict")] = 0.95,
+    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="write the taus even if the verdict is not 'better'", rich_help_panel="Verdict")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -238,7 +238,7 @@ def align_cmd(
     with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
                          validation=ValidationSettings(validation_samples, validation_max_samples, validation_reference_nfe,
-                                                       confidence, validation_budget) if validate else None)
+                                                       confidence, validation_budget) if not no_validate else None)
     problem = not_better_message(artifact)
     written = [] if problem and not keep_worse else [str(write_artifact(artifact, target)) for target in targets]
     if json_out:
@@ -266,7 +266,7 @@ def _candidates(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-@app.command("sample")
+@app.command("sample", cls=CompactCommand)
 @handle_errors
 @with_model_options
 @with_sampling_options
@@ -322,7 +322,7 @@ def sample_cmd(
                    f"{plan.label} nfe={plan.nfe}) to {out}" + (f"; grid: {written[-1]}" if fmt != "latents" else ""))
 
 
-@app.command("inspect")
+@app.command("inspect", cls=CompactCommand)
 @handle_errors
 @with_model_options
 def inspect_cmd(
@@ -384,7 +384,7 @@ def _print_table(artifact) -> None:
         typer.echo(f"verdict: {v.summary()}{where}")
 
 
-@app.command("eval")
+@app.command("eval", cls=CompactCommand)
 @handle_errors
 @with_model_options
 @with_sampling_options

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperCommand, TyperOption
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,3 +65,34 @@ def progress_bar(description: str, quiet: bool = False):
             bar.update(task, completed=done, total=total, note=message)
 
         yield update
+
+
+class CompactCommand(TyperCommand):
+    """A command whose ``--help`` reads at 80 columns: short metavars (INT, FLOAT, PATH, TEXT; none
+    for flags) instead of ``<int range>`` or ``<list[str]>``, and a number range written into the
+    description instead of the type column, so that the descriptions keep the width. (Typer checks
+    the range from the option's declaration, not from the displayed ``min``/``max``; a test checks
+    that the range is still enforced.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if not isinstance(param, TyperOption) or param.metavar is not None:
+                continue
+            param.metavar = "" if param.is_flag else _METAVARS.get(param.display_type(None).strip("<>"), "TEXT")
+            low, high = getattr(param, "min", None), getattr(param, "max", None)
+            if low is not None or high is not None:
+                bounds = f"{low:g} to {high:g}" if low is not None and high is not None else (
+                    f"at least {low:g}" if low is not None else f"at most {high:g}")
+                param.help = f"{param.help or ''} ({bounds})".strip()
+                param.min = param.max = None
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+_METAVARS = {"int": "INT", "int range": "INT", "list[int]": "INT", "float": "FLOAT", "float range": "FLOAT",
+             "Path": "PATH", "path": "PATH"}

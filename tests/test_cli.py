@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from dpm_align.aligner_core.artifacts.artifact import read_artifact
+from dpm_align.cli.main import app
 from tests.conftest import make_tiny_checkpoint, parse_json
 
 class PickledObject:
@@ -392,3 +393,19 @@ def test_align_refuses_taus_not_shown_better_after_every_look(cli, tmp_path, mon
     assert validation["confidence"] == 0.95 and not (tmp_path / "t.json").exists()
     budget = parse_json(cli(*base, "--validation-budget", "0", "--confidence", "0.9", "--json"))["artifact"]["validation"]
     assert budget["looks"] == [16] and budget["confidence"] == 0.9  # no further look past the budget
+
+
+@pytest.mark.parametrize("command", ["align", "sample", "inspect", "eval"])
+def test_help_reads_at_80_columns(runner, command):
+    """Short metavars and panels: no line wider than 80, every option name whole, and the
+    descriptions start before column 45 (they used to be squeezed into the last ~30 columns)."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout and "<int" not in result.stdout and "<bool>" not in result.stdout
+    starts = [line.index("random seed") for line in lines if "random seed" in line] or \
+             [line.index("tau artifact") for line in lines if "tau artifact" in line]
+    assert starts and max(starts) < 45, result.stdout
+    if command == "align":
+        assert "Verdict" in result.stdout and "(at least 8)" in result.stdout
