@@ -429,7 +429,8 @@ def trajectory_gap(
     progress: Progress | None = None,
 ) -> GapReport:
     """Fig. 2 (and Fig. 6 with ``ablation``); with ``features``, also the Fréchet distance of the
-    baseline and aligned end points to the real data's statistics in that feature space. With a
+    baseline and aligned end points (decoded, for a latent pipeline) to the real data's statistics
+    in that feature space. With a
     fitted grid the baseline is the plain sampler on the kind's grid, and the aligned gaps are
     taken at the fitted grid's points (``timesteps_aligned``)."""
     fitted = plan.base_grid is not None
@@ -458,7 +459,10 @@ def trajectory_gap(
     frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
-    feature_report = None if features is None else _feature_report(features, ends, num_samples, seed)
+    feature_report = None
+    if features is not None:  # in image space: a latent pipeline's end points decoded, batch by batch
+        images = {name: [decode(model, batch).cpu() for batch in ends[name]] for name in ("baseline", "aligned")}
+        feature_report = _feature_report(features, images, num_samples, seed)
     rows = None
     if ablation:
         names = ["baseline", *[f"first-{k}" for k in range(1, plan.steps)], "aligned"]

@@ -370,7 +370,8 @@ def _print_table(artifact) -> None:
     elif c is not None:
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
         null = f", null class {c.null_class}" if c.null_class is not None else ""
-        typer.echo(f"conditioning: class labels {', '.join(map(str, c.classes))} ({guidance}{null})")
+        labels = ", ".join(map(str, c.classes)) if len(c.classes) <= 12 else f"{c.classes[0]}..{c.classes[-1]}"
+        typer.echo(f"conditioning: class labels {labels} ({guidance}{null})")
     if artifact.fit.candidate is not None:
         held = ", ".join(f"{name} {c.holdout_loss:.4g}" for name, c in (artifact.fit.candidates or {}).items())
         grid = "on a fitted grid" if artifact.trajectory.fitted else "on the kind's grid"
@@ -417,14 +418,11 @@ def eval_cmd(
         raise UsageError("--data, --reference-stats and --save-stats are for a feature distance; "
                          "also pass --inception-weights FILE or --feature-net FILE")
     loaded, dev = spec.load(device)
-    if loaded.decoder is not None and (inception_weights is not None or feature_net is not None):
-        raise UsageError("feature distances (--inception-weights, --feature-net) are not computed for latent "
-                         "pipelines yet; eval compares their trajectories in latent space: drop the option")
     plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
     reference = None
     if inception_weights is not None or feature_net is not None:
         net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
-        reference = feature_reference(net, loaded.sample_shape, data=data, stats=reference_stats, save=save_stats)
+        reference = feature_reference(net, loaded.image_shape, data=data, stats=reference_stats, save=save_stats)
     with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
                                 reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,

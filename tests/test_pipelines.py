@@ -167,6 +167,25 @@ def test_dit_class_labels_end_to_end(cli, dit_dir, tmp_path):
     assert stored["labels"].tolist() == [7, 999, 7]
     result = cli("inspect", parse_json(result)["taus_file"], "--check", "--model", dit_dir, "--guidance-scale", "2")
     assert result.exit_code == 0, result.output
+    assert "conditioning: class labels 0..999 (guidance w=2, null class 1000)" in result.stdout
+
+
+def test_eval_feature_distance_on_decoded_images(cli, dit_dir, tmp_path):
+    """eval's feature distance takes a latent pipeline's end points decoded (3 x 16 x 16 here), and
+    the real images at that shape; the trajectory gap stays in latent space."""
+    from tests.test_features import StandInFeatures
+
+    torch.jit.save(torch.jit.script(StandInFeatures()), tmp_path / "features.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "real.npz", images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
+    artifact = tmp_path / "taus.json"
+    assert cli("align", "--model", dit_dir, "--no-cache", "--out", artifact, *TINY_FIT).exit_code == 0
+    result = cli("eval", "--model", dit_dir, "--taus", artifact, "-n", "8", "--reference-nfe", "6", "--feature-net",
+                 tmp_path / "features.pt", "--data", tmp_path / "real.npz", "--json", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = parse_json(result)
+    assert report["features"]["num_samples"] == 8 and report["features"]["reference_samples"] == 12
+    assert np.isfinite(report["features"]["baseline"]) and np.isfinite(report["end_gap_baseline"])
 
 
 def test_aligned_scheduler_in_an_unmodified_dit_pipeline(dit_dir):
@@ -271,3 +290,18 @@ def test_loading_prints_no_accelerate_advice(cli, dit_dir, capfd):
     load_model(dit_dir)
     captured = capfd.readouterr()
     assert "accelerate" not in captured.err and "low_cpu_mem_usage" not in captured.err
+
+
+def test_analytic_gammas_are_cached_per_prompts(sd_dir, isolated_cache, monkeypatch):
+    """Gamma_t depends on the prompts (the artifact key does not): one cache file per prompt set."""
+    from dpm_align.aligner_core.sampling import gamma_cache
+    from dpm_align.aligner_core.sampling.analytic import GammaTable
+    from dpm_align.aligner_core.sampling.gamma_cache import cached_gammas
+
+    monkeypatch.setattr(gamma_cache, "estimate_gammas", lambda eps, times, *a, **k: GammaTable(
+        times=list(times), gammas=[1.0] * len(times), source="generated", num_samples=1))
+    for prompts in (["a cat"], ["a dog"], ["a dog"]):
+        model = load_model(sd_dir, prompts=prompts)
+        cached_gammas(model.eps, model.info.sha256, [999.0, 500.0], model.sample_shape)
+    names = sorted(path.name for path in (isolated_cache / "gammas").iterdir())
+    assert len(names) == 2 and all("-text-prompts" in name for name in names)

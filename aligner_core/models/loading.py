@@ -93,6 +93,11 @@ class LoadedModel:
     sample_shape: tuple[int, int, int]  # what the sampler runs on: the latents' shape for a latent pipeline
     decoder: LatentDecoder | None = None  # a latent pipeline's VAE: latents -> images in [-1, 1]
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images ``sample`` writes (the decoded shape for a latent pipeline)."""
+        return self.sample_shape if self.decoder is None else self.decoder.image_shape(self.sample_shape)
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":

@@ -106,11 +106,17 @@ class LatentDecoder:
         self.vae.to(device)
         return self
 
+    def image_shape(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(C, H, W) of the decoded images: the VAE upsamples by 2 per block after the first."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.vae.config.out_channels), int(latent_shape[1]) * factor, int(latent_shape[2]) * factor
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        images = self.vae.decode(latents.to(dtype) / self.scaling_factor).sample
-        return images.clamp(-1, 1)
+        """Images in [-1, 1], on the latents' device, in the VAE's dtype."""
+        param = next(self.vae.parameters())
+        images = self.vae.decode(latents.to(param.device, param.dtype) / self.scaling_factor).sample
+        return images.clamp(-1, 1).to(latents.device)
 
 
 def denoiser_folder(path: Path) -> str:

@@ -3,7 +3,8 @@ source, seed and set of times, then read back, so that sampling an analytic samp
 artifact (``--no-taus``) or aligning it again does not repeat the Monte Carlo estimate.
 
 Files: ``<cache>/gammas/<sha256[:16]>-<conditioning>-<source>-seed<seed>-<times digest>.json``;
-the source is ``generated`` or ``data-<digest of the data tensor>``.
+the source is ``generated`` or ``data-<digest of the data tensor>``; a text conditioning adds the
+prompts' (and negative prompt's) sha256.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def cached_gammas(eps, model_sha256: str, times: Sequence[float], sample_shape: 
     """Gamma_t from the cache, else estimated (``analytic.estimate_gammas``) and cached. An
     unreadable cache file is re-estimated and replaced."""
     conditioning = getattr(eps, "conditioning", None)
-    path = gamma_cache_path(model_sha256, "uncond" if conditioning is None else conditioning.label, times, seed, data)
+    label = "uncond" if conditioning is None else conditioning.label
+    if getattr(conditioning, "kind", None) == "text":  # Gamma_t depends on the prompts; the artifact key does not
+        label += f"-prompts{conditioning.prompts_sha256[:12]}{(conditioning.negative_prompt_sha256 or '')[:8]}"
+    path = gamma_cache_path(model_sha256, label, times, seed, data)
     if path.is_file():
         try:
             table = GammaTable.model_validate_json(path.read_text(encoding="utf-8"))
