@@ -219,6 +219,15 @@ def shifted_artifact(model, plan):
     return artifact.model_copy(update={"taus": [t - 5.0 * (i + 1) for i, t in enumerate(artifact.taus)]})
 
 
+def test_dit_saved_as_transformer2dmodel_loads_with_the_same_sha256(dit_dir, tmp_path):
+    """facebook/DiT-XL-2-256 names its transformer Transformer2DModel (the legacy class)."""
+    legacy = tmp_path / "dit"
+    shutil.copytree(dit_dir, legacy)
+    config_path = legacy / "transformer" / "config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), _class_name="Transformer2DModel")))
+    assert load_model(legacy).info.sha256 == load_model(dit_dir).info.sha256
+
+
 def test_learned_sigma_returns_the_first_c_channels(dit_dir):
     model = load_model(dit_dir)
     x = torch.randn(2, *LATENT_SHAPE)
@@ -249,6 +258,16 @@ def test_missing_tokenizer_or_text_encoder(sd_dir, tmp_path):
         with pytest.raises(UsageError) as excinfo:
             load_model(broken, prompts=["a cat"])
         assert_one_line(excinfo, f"has a text-conditioned UNet but no {folder}/", "copy the whole Stable Diffusion")
+
+
+def test_sdxl_style_unet_is_refused(sd_dir, tmp_path):
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(sd_dir, sdxl)
+    config_path = sdxl / "unet" / "config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), addition_embed_type="text_time")))
+    with pytest.raises(UsageError) as excinfo:
+        load_model(sdxl, prompts=["a cat"])
+    assert_one_line(excinfo, "uses addition_embed_type 'text_time' (SDXL-style extra conditioning)")
 
 
 def test_empty_prompts_file(cli, sd_dir, tmp_path):
