@@ -29,3 +29,10 @@ class NotBetterError(DpmAlignError):
     """Fitted taus did not beat the plain sampler in self-validation (exit code 3)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for
+    one-line errors that quote a library's complaint."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

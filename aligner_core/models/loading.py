@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_
 from torch import nn
 
 from ..artifacts.artifact import ModelInfo
-from ..errors import DpmAlignError, UsageError
+from ..errors import DpmAlignError, UsageError, first_line
 from .model import PREDICTION_TYPES, Conditioning, EpsModel
 from .nets import ARCHITECTURES
 from .pipelines import (TEXT_UNETS, TRANSFORMERS, LatentDecoder, TextUNet, check_text_pipeline, denoiser_folder,
@@ -159,7 +159,7 @@ def _load_error(path: Path, exc: Exception, trust_pickle: bool) -> UsageError:
             f"{path} holds pickled Python objects that weights_only loading refuses; "
             "pass --trust-pickle only if you trust its source"
         )
-    return UsageError(f"cannot load weights from {path} ({_first_line(exc)}); the file is corrupt or truncated: re-export it")
+    return UsageError(f"cannot load weights from {path} ({first_line(exc)}); the file is corrupt or truncated: re-export it")
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -210,7 +210,7 @@ def _build_checkpoint(weights: Path, config_path: Path, trust_pickle: bool) -> t
     except Exception as exc:  # the constructor's own complaint about a bad arch_config value
         raise UsageError(
             f"checkpoint config {config_path}: cannot build {config.architecture} from its arch_config "
-            f"({type(exc).__name__}: {_first_line(exc)}); fix arch_config or re-save the checkpoint"
+            f"({type(exc).__name__}: {first_line(exc)}); fix arch_config or re-save the checkpoint"
         ) from None
     state = _load_state_dict(weights, trust_pickle)
     try:
@@ -255,8 +255,7 @@ def _load_diffusers_unet(path: Path, subfolder: str | None) -> nn.Module:
         with quiet_loading():
             unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load the UNet from {where} ({first}); the weights are missing or corrupt") from None
+        raise UsageError(f"cannot load the UNet from {where} ({first_line(exc)}); the weights are missing or corrupt") from None
     return DiffusersUNet(unet)
 
 
@@ -399,7 +398,7 @@ def _from_torchscript(p: Path, schedule: str | None, sample_shape: tuple[int, in
         net = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:
         raise UsageError(
-            f"cannot load TorchScript model {p} ({_first_line(exc)}); the file is corrupt, truncated or from a "
+            f"cannot load TorchScript model {p} ({first_line(exc)}); the file is corrupt, truncated or from a "
             "newer torch: re-export it with torch.jit.save"
         ) from None
     return _Found(net, spec, prediction, "torchscript", shape, str(p.resolve()))
@@ -433,7 +432,7 @@ def _from_factory(spec: str, schedule: str | None, sample_shape: tuple[int, int,
         net = factory()
     except Exception as exc:
         raise UsageError(
-            f"--model {spec}: calling {spec.partition(':')[2]}() failed ({type(exc).__name__}: {_first_line(exc)}); "
+            f"--model {spec}: calling {spec.partition(':')[2]}() failed ({type(exc).__name__}: {first_line(exc)}); "
             "it must build the network with no arguments"
         ) from None
     if not isinstance(net, nn.Module):
@@ -465,7 +464,7 @@ def _from_arch(path: str | Path | None, arch: str, arch_config: str | Path | Non
     except Exception as exc:
         raise UsageError(
             f"--arch {arch}: cannot build it from --arch-config {arch_config or '(none)'} "
-            f"({type(exc).__name__}: {_first_line(exc)}); make the JSON keys its constructor arguments"
+            f"({type(exc).__name__}: {first_line(exc)}); make the JSON keys its constructor arguments"
         ) from None
     if not isinstance(net, nn.Module):
         raise UsageError(f"--arch {arch} built a {type(net).__name__}, not a torch.nn.Module; point it at the network class")
@@ -493,7 +492,7 @@ def _import_callable(spec: str, option: str) -> Any:
         ) from None
     except Exception as exc:
         raise UsageError(
-            f"{option} {spec}: importing {module_name} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module"
+            f"{option} {spec}: importing {module_name} failed ({type(exc).__name__}: {first_line(exc)}); fix that module"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -584,11 +583,6 @@ def _is_import_spec(path: str | Path) -> bool:
     return bool(_IMPORT_SPEC.match(str(path))) and not Path(str(path)).expanduser().exists()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -596,7 +590,7 @@ def _one_line(text: str) -> str:
 def _mismatch(exc: RuntimeError) -> str:
     """``load_state_dict``'s multi-line report as one short line (missing / unexpected / size)."""
     lines = [line.strip().rstrip(".") for line in str(exc).strip().splitlines()[1:] if line.strip()]
-    text = _one_line("; ".join(lines)) or _first_line(exc)
+    text = _one_line("; ".join(lines)) or first_line(exc)
     return text if len(text) <= 300 else text[:297] + "..."
 
 

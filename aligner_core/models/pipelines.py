@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from .model import TextConditioning
 
 TEXT_UNETS = ("UNet2DConditionModel",)
@@ -128,17 +128,12 @@ def denoiser_folder(path: Path) -> str:
                      "it is not a diffusion pipeline dpm-align reads")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _load(cls, path: Path, subfolder: str, what: str) -> nn.Module:
     try:
         with quiet_loading():
             return cls.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
     except Exception as exc:
-        raise UsageError(f"cannot load the {what} from {path / subfolder} ({_first_line(exc)}); "
+        raise UsageError(f"cannot load the {what} from {path / subfolder} ({first_line(exc)}); "
                          "the files are missing or corrupt") from None
 
 
