@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,35 +33,23 @@ TRANSFORMERS = ("Transformer2DModel", "DiTTransformer2DModel")
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """Silence the advice and progress bars diffusers and transformers print while loading (e.g.
-    "Cannot initialize model with low cpu memory usage because `accelerate` was not found")."""
-    names = ("diffusers", "transformers")
-    loggers = [logging.getLogger(name) for name in names]
+    "Cannot initialize model with low cpu memory usage because `accelerate` was not found"). Only
+    libraries already imported are touched: importing transformers costs seconds."""
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    bars = []
-    try:
-        from diffusers.utils import logging as diffusers_logging
-
-        bars.append((diffusers_logging, diffusers_logging.is_progress_bar_enabled()))
-        diffusers_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        pass
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        bars.append((transformers_logging, transformers_logging.is_progress_bar_enabled()))
-        transformers_logging.disable_progress_bar()
-    except ImportError:  # transformers is optional (text pipelines)
-        pass
+    bars = [module for module in map(sys.modules.get, ("diffusers.utils.logging", "transformers.utils.logging"))
+            if module is not None and module.is_progress_bar_enabled()]
+    for module in bars:
+        module.disable_progress_bar()
     try:
         yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-        for module, enabled in bars:
-            if enabled:
-                module.enable_progress_bar()
+        for module in bars:
+            module.enable_progress_bar()
 
 
 class TextUNet(nn.Module):
