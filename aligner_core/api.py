@@ -180,7 +180,6 @@ def align(
             seed=seed,
             device=str(device),
             dtype=str(model.eps.dtype).replace("torch.", ""),
-            seconds=round(result.seconds, 3),
             loss_before=result.loss_before,
             loss_after=result.loss_after,
             candidate=result.candidate,

@@ -26,7 +26,14 @@ from dpm_align.aligner_core.api import (
     resolve_plan,
     trajectory_gap,
 )
-from dpm_align.aligner_core.artifacts.artifact import cache_path, ensure_writable, read_artifact, write_artifact
+from dpm_align.aligner_core.artifacts.artifact import (
+    CACHE_FIX,
+    cache_path,
+    ensure_writable,
+    read_artifact,
+    write_artifact,
+    write_cache_entry,
+)
 from dpm_align.aligner_core.artifacts.artifact_check import check_artifact
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
@@ -211,16 +218,19 @@ def align_cmd(
         ensure_writable(out)  # before loading the model: fail fast
     loaded, dev = spec.load(device)
     plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
-    cache = [] if no_cache else [cache_path(plan.key(loaded))]
-    for target in cache:
-        ensure_writable(target)
-    targets = cache + ([out] if out is not None else [])
+    if not no_cache:
+        ensure_writable(cache_path(plan.key(loaded)), CACHE_FIX)
     with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
                          validation=ValidationSettings(validation_samples, validation_max_samples, validation_reference_nfe,
                                                        confidence, validation_budget) if validate else None)
     problem = not_better_message(artifact)
-    written = [] if problem and not keep_worse else [str(write_artifact(artifact, target)) for target in targets]
+    written: list[str] = []
+    if keep_worse or not problem:  # the cache entry first (under its lock), then --out
+        if not no_cache:
+            written.append(str(write_cache_entry(artifact)))
+        if out is not None:
+            written.append(str(write_artifact(artifact, out)))
     if json_out:
         emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
                    "artifact": artifact.model_dump(mode="json")})
@@ -335,8 +345,7 @@ def _print_table(artifact) -> None:
         table.add_row(*row)
     stdout.print(table)
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
-               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
-               f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
+               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer} on {artifact.fit.device}")
     c = artifact.conditioning
     if c is not None:
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"

@@ -23,7 +23,7 @@ def _figure(path: Path, ncols: int = 1, title: str = ""):
         yield axes[0]
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        with atomic_file(path, ".tmp.png", "plot", make_parents=False) as tmp:  # never a half-written PNG
+        with atomic_file(path, ".tmp.png", "choose a writable plot path", make_parents=False) as tmp:  # never a half-written PNG
             fig.savefig(tmp, dpi=100, format="png")
     except OSError as exc:
         raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable plot path") from None
