@@ -33,7 +33,6 @@ class NotBetterError(DpmAlignError):
     exit_code = 3
 
 
-
 class OutOfMemoryError(DpmAlignError):
     """The GPU (or the host) ran out of memory (exit code 1); made by ``from_environment``."""
 

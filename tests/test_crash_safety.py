@@ -67,8 +67,8 @@ def start_align(cache: Path, log: Path, *args: str, model: str = GMM_TINY, candi
     written once n processes logging to ``log`` are about to write theirs."""
     env = dict(os.environ, DPM_ALIGN_CACHE_DIR=str(cache), DPM_TEST_LOG=str(log), DPM_TEST_SLOW_FSYNC=str(slow_fsync),
                DPM_TEST_SLEEP=str(sleep), DPM_TEST_BARRIER=str(barrier), PYTHONHASHSEED=hash_seed, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *ALIGN, "--model", model, "--candidates", candidates, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", DRIVER, *ALIGN, "--model", model, "--candidates", candidates, *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -81,7 +81,8 @@ def events(log: Path) -> list[tuple[str, str, int, float]]:
     """(what, file, pid, time) of every fsync and replace the driver logged."""
     if not log.exists():
         return []
-    return [(what, name, int(pid), float(t)) for what, name, pid, t in (line.split() for line in log.read_text().splitlines())]
+    lines = (line.split() for line in log.read_text().splitlines())
+    return [(what, name, int(pid), float(t)) for what, name, pid, t in lines]
 
 
 def wait_for(log: Path, count: int, process: subprocess.Popen) -> bool:

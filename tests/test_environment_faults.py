@@ -14,7 +14,7 @@ import torch
 from filelock import FileLock
 
 from dpm_align.aligner_core.artifacts import artifact as artifact_module
-from dpm_align.aligner_core.artifacts.artifact import TauArtifact, cache_path, read_artifact, write_cache_entry
+from dpm_align.aligner_core.artifacts.artifact import TauArtifact, read_artifact, write_cache_entry
 from tests.conftest import GMM_TINY
 from tests.test_cli import one_line_error
 
@@ -148,7 +148,8 @@ OOM_FIX = "lower --batch-size (align: its teacher and verdict run batches of at 
 
 @pytest.mark.parametrize("error,fragment", [
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
-                                 "79.15 GiB of which 1.06 GiB is free."), "out of memory (CUDA, tried to allocate 2.00 GiB)"),
+                                 "79.15 GiB of which 1.06 GiB is free."),
+     "out of memory (CUDA, tried to allocate 2.00 GiB)"),
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
                   "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
      "out of memory (CPU, tried to allocate 68719476736 bytes)"),
