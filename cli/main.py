@@ -1,5 +1,6 @@
 """``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails
-its check), 2 usage error, 3 not better, 130 interrupted (Ctrl-C)."""
+its check, out of memory), 2 usage error (incl. a file that cannot be written), 3 not better, 130 interrupted
+(Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ stdout = Console(soft_wrap=True)
 app = typer.Typer(
     name="dpm-align",
     help="Fit, store and use aligned timesteps (DPM-Aligner) for few-step diffusion sampling.\n\n"
-    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails its check or does not belong to the model), "
-    "2 usage error, 3 align: the fitted taus are not better than the plain sampler (nothing written), "
-    "130 interrupted (Ctrl-C).",
+    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails its check or does not belong to the model, "
+    "out of memory), 2 usage error (incl. a file that cannot be written: read-only, disk full), "
+    "3 align: the fitted taus are not better than the plain sampler (nothing written), 130 interrupted (Ctrl-C).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
