@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,9 +23,9 @@ from dpm_align.aligner_core.api import (
     SamplingPlan,
     ValidationSettings,
     align,
-    generate,
     not_better_message,
     resolve_plan,
+    sample_to_dir,
     trajectory_gap,
 )
 from dpm_align.aligner_core.artifacts.artifact import (
@@ -40,10 +41,12 @@ from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
 from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir, save_samples
+from dpm_align.aligner_core.distributed import World
+from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.models.loading import load_model, resolve_device
+from dpm_align.aligner_core.models.model import PRECISIONS, check_precision
 from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
 from .output import emit_json, handle_errors, progress_bar, stderr
@@ -79,6 +82,7 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
+PrecisionOpt = Annotated[str, typer.Option(help=f"the network's arithmetic: {' | '.join(PRECISIONS)} (tf32 and fp16 on CUDA; bf16/fp16 by autocast; the sampler's state stays float64)")]
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,25 @@ class ModelSpec:
     def given(self) -> bool:
         return self.model is not None or self.schedule is not None
 
-    def load(self, device: str):
-        dev = resolve_device(device)
+    def load(self, device: str | torch.device, precision: str | None = None):
+        dev = resolve_device(device) if isinstance(device, str) else device
         return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
                           trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
                           sample_shape=self.sample_shape, guidance_scale=self.guidance_scale,
-                          null_class=self.null_class), dev
+                          null_class=self.null_class, precision=precision), dev
+
+    @contextmanager
+    def load_on_world(self, device: str, precision: str):
+        """Under torchrun (WORLD_SIZE > 1): join the process group first (each rank on its own CUDA
+        device), then load; yields (model, device, world) and leaves the group at the end."""
+        dev = resolve_device(device)
+        check_precision(precision, dev)  # before joining: a usage error needs no process group
+        world, dev = World.start(dev)
+        try:
+            loaded, dev = self.load(dev, precision)
+            yield loaded, dev, world
+        finally:
+            world.close()
 
 
 def _model_options(
@@ -265,48 +282,51 @@ def sample_cmd(
     spec: ModelSpec,
     sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
-    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz")] = "png",
+    batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (sample k depends on (seed, k); the same batch size gives byte-identical files with any number of processes, another may change the network's last bits)")] = 64,
+    out: Annotated[Path, typer.Option(help="output directory: one PNG per sample, written as it is made (folders of 1000 above 1000 samples); re-running the same command completes it")] = Path("samples"),
+    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz (also samples.npz: uint8 NHWC arr_0, labels arr_1)")] = "png",
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
     no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
     class_label: Annotated[Optional[list[int]], typer.Option("--class-label", help="class-conditional models: the label of the samples (repeat it to cycle through several) [default: random per sample]")] = None,
+    precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate samples with the aligned taus (or --no-taus for the plain sampler)."""
+    """Generate samples with the aligned taus (or --no-taus for the plain sampler); under torchrun, split over the ranks."""
     if fmt not in ("png", "npz"):
         raise UsageError(f"unknown --format {fmt!r}; choose png or npz")
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
-    check_out_dir(out)  # fail fast, creating nothing: the directory is made when the samples are saved
-    loaded, dev = spec.load(device)
-    plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
-    chosen = artifact.taus if artifact is not None else None
-    problem = not_better_message(artifact) if artifact is not None else None
-    if problem:
-        stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
-    batches = []
-    with progress_bar(f"sampling {num_samples}", quiet) as progress:
-        for batch in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                              device=dev, class_labels=class_label, progress=progress):
-            batches.append(batch)
-    labels = None if loaded.eps.conditioning is None else torch.cat([b.labels.cpu() for b in batches]).tolist()
-    written = save_samples(torch.cat([b.samples.cpu() for b in batches]), out, fmt, labels=labels)
+    check_out_dir(out)  # fail fast, creating nothing: the directory is made when the first sample is written
+    with spec.load_on_world(device, precision) as (loaded, dev, world):
+        plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
+        chosen = artifact.taus if artifact is not None else None
+        problem = not_better_message(artifact) if artifact is not None else None
+        if problem and world.is_main:
+            stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
+        with progress_bar(f"sampling {num_samples}", quiet or not world.is_main) as progress:
+            run = sample_to_dir(loaded, plan, chosen, out, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                                fmt=fmt, device=dev, class_labels=class_label, world=world, progress=progress)
+    if run is None:  # not rank 0: rank 0 reports for all
+        return
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
         "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
         "aligned": artifact is not None, "taus_file": str(source) if source else None,
-        "taus": chosen, "grid": str(written[-1]), "labels": labels,
+        "taus": chosen, "grid": run.files["grid"], "npz": run.files.get("npz"), "labels": run.labels,
         "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
+        "precision": precision, "generated": run.generated, "already_present": run.already_present,
+        "world_size": run.world_size, "seconds": run.seconds,
     }
     if json_out:
         emit_json(summary)
     else:
-        typer.echo(f"wrote {num_samples} samples ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
-                   f"{plan.label} nfe={plan.nfe}) to {out}; grid: {written[-1]}")
+        kept = f", {run.already_present} already there" if run.already_present else ""
+        typer.echo(f"wrote {run.generated} samples{kept} ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
+                   f"{plan.label} nfe={plan.nfe}, {run.world_size} process(es), {run.seconds:.1f}s) to {out}; "
+                   f"grid: {run.files['grid']}" + (f"; npz: {run.files['npz']}" if "npz" in run.files else ""))
 
 
 @app.command("inspect")
@@ -383,6 +403,7 @@ def eval_cmd(
     data: Annotated[Optional[str], typer.Option(help="real images for --inception-weights/--feature-net: image folder, .npz, or mnist | cifar10 | digits")] = None,
     reference_stats: Annotated[Optional[Path], typer.Option(help="precomputed real-data statistics (.npz with mu, sigma) instead of --data")] = None,
     save_stats: Annotated[Optional[Path], typer.Option(help="write the statistics of --data to this .npz for later --reference-stats")] = None,
+    precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -397,16 +418,18 @@ def eval_cmd(
     if inception_weights is None and feature_net is None and (data or reference_stats or save_stats):
         raise UsageError("--data, --reference-stats and --save-stats are for a feature distance; "
                          "also pass --inception-weights FILE or --feature-net FILE")
-    loaded, dev = spec.load(device)
-    plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
-    reference = None
-    if inception_weights is not None or feature_net is not None:
-        net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
-        reference = feature_reference(net, loaded.sample_shape, data=data, stats=reference_stats, save=save_stats)
-    with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
-        report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
-                                reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
-                                device=dev, progress=progress)
+    with spec.load_on_world(device, precision) as (loaded, dev, world):
+        plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
+        reference = None
+        if world.is_main and (inception_weights is not None or feature_net is not None):
+            net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
+            reference = feature_reference(net, loaded.sample_shape, data=data, stats=reference_stats, save=save_stats)
+        with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet or not world.is_main) as progress:
+            report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
+                                    reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
+                                    device=dev, world=world, progress=progress)
+    if report is None:  # not rank 0: rank 0 reports for all
+        return
     if plot is not None:
         prepare_out_dir(plot)
         plot_gap(report, plot / "gap.png")

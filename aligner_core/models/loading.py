@@ -38,7 +38,7 @@ from torch import nn
 
 from ..artifacts.artifact import ModelInfo
 from ..errors import DpmAlignError, UsageError
-from .model import PREDICTION_TYPES, Conditioning, EpsModel
+from .model import PREDICTION_TYPES, Conditioning, EpsModel, check_precision
 from .nets import ARCHITECTURES
 from ..sampling.schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
@@ -582,6 +582,7 @@ def load_model(
     arch_config: str | Path | None = None,
     guidance_scale: float | None = None,
     null_class: int | None = None,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
     ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
@@ -591,8 +592,11 @@ def load_model(
     gmm's). ``arch`` ("package.module:Class") with ``arch_config`` (a JSON file of constructor
     keyword arguments) builds the network for the bare state dict at ``path``. For a
     class-conditional network, ``guidance_scale`` (default 1: none) and ``null_class`` (default with
-    guidance: the last class embedding) set the classifier-free guidance."""
+    guidance: the last class embedding) set the classifier-free guidance. ``precision`` (fp32 | tf32 |
+    bf16 | fp16, ``model.PRECISIONS``) is the network's arithmetic at every call (None: torch's
+    global settings)."""
     dev = resolve_device(device) if isinstance(device, str) else device
+    check_precision(precision, dev)
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
     shape = parse_sample_shape(sample_shape)
@@ -630,7 +634,7 @@ def load_model(
         schedule=spec,
     )
     conditioning = make_conditioning(found.num_class_embeds, guidance_scale, null_class, found.source)
-    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning), info,
+    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning, precision), info,
                        tuple(int(v) for v in found.sample_shape))
 
 
