@@ -19,6 +19,13 @@ import torch.distributed as dist
 from .errors import UsageError
 
 
+def refuse_world(command: str) -> None:
+    """``command`` runs in one process only: refuse a torchrun launch (WORLD_SIZE > 1) before any work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(f"{command} does not run on torchrun yet (every rank would do the same work and write the "
+                         f"same files); run it as one process: dpm-align {command} ...")
+
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0

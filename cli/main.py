@@ -41,7 +41,7 @@ from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
 from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.distributed import World
+from dpm_align.aligner_core.distributed import World, refuse_world
 from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
@@ -230,6 +230,7 @@ def align_cmd(
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
                             batch_size=batch_size, candidates=_candidates(candidates))
+    refuse_world("align")
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:

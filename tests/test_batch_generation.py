@@ -205,3 +205,12 @@ def test_progress_shows_samples_per_second_and_eta(cli, tmp_path):
     result = cli("sample", "--no-taus", "--model", GMM_TINY, "-n", "4", "--nfe", "2", "--out", tmp_path / "s",
                  "--device", "cpu")
     assert result.exit_code == 0 and "samples/s, ETA 0:00:00" in result.stderr
+
+
+def test_align_refuses_torchrun_before_any_work(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("align", "--model", GMM_TINY, "--nfe", "3", "--no-cache", "--out", tmp_path / "t.json", *CPU)
+    assert result.exit_code == 2 and result.stdout == ""
+    line = result.stderr.strip()
+    assert "\n" not in line and "align does not run on torchrun yet" in line and "run it as one process" in line
+    assert not (tmp_path / "t.json").exists()
