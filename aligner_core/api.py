@@ -6,6 +6,7 @@ Every CLI command is a thin wrapper over one function here.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +30,9 @@ from .artifacts.artifact import (
 from .artifacts.artifact_check import load_artifact
 from .evaluation.compare import REFERENCE_DESCRIPTION, Candidate, paired_trajectories, reference_nfe_of, union_grid
 from .data import load_data
+from .distributed import World
+from .images import to_uint8
+from .sample_dir import FORMATS, SampleDir, SampleManifest
 from .errors import DpmAlignError, UsageError
 from .evaluation.features import FeatureReference
 from .fitting.fit import FitConfig, fit_taus
@@ -183,7 +187,6 @@ def align(
             seed=seed,
             device=str(device),
             dtype=str(model.eps.dtype).replace("torch.", ""),
-            seconds=round(result.seconds, 3),
             loss_before=result.loss_before,
             loss_after=result.loss_after,
             candidate=result.candidate,
@@ -307,6 +310,104 @@ class SampleBatch:
     labels: torch.Tensor | None  # class labels (prompt indices) of a class- (text-) conditional model
 
 
+class SampleRun(BaseModel):
+    """What ``sample_to_dir`` did (all ranks together)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str
+    num_samples: int
+    generated: int  # written by this run
+    already_present: int  # found complete in the directory and kept
+    world_size: int
+    seconds: float
+    files: dict[str, str]  # grid, and labels (png) or npz
+    labels: list[int] | None
+
+
+def sample_to_dir(
+    model: LoadedModel,
+    plan: SamplingPlan,
+    taus: Sequence[float] | None,
+    out: Path,
+    *,
+    num_samples: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    fmt: str = "png",
+    device: torch.device = torch.device("cpu"),
+    class_labels: Sequence[int] | None = None,
+    world: World = World(),
+    progress: Progress | None = None,
+) -> SampleRun | None:
+    """Write samples 0 .. num_samples-1 into ``out`` as they are made (``sample_dir``: one PNG each,
+    atomically, a manifest; samples already there are kept), then the grid and labels or .npz. A
+    latent pipeline's samples are decoded by its VAE first; ``fmt`` latents keeps them undecoded
+    (one .npy each, then ``latents.npz``).
+    Sample k depends on (seed, k) only; the work is split into global batches of ``batch_size``,
+    batch b made by rank b mod world.size, so the network sees the same batches with any number of
+    processes and after a resume (a batch with a sample missing is remade whole, its files that
+    exist are kept). Returns the run's summary on rank 0, None on the others."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    cond = model.eps.conditioning
+    if class_labels and (cond is None or cond.kind != "class"):
+        raise UsageError("--class-label was given but the model is not class-conditional; leave it out")
+    given = cond.check_labels(class_labels) if class_labels else None
+    manifest = SampleManifest(
+        dpm_align_version=__version__, model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler,
+        eta=plan.eta, trajectory=plan.label, nfe=plan.nfe, grid=list(plan.grid), taus=None if taus is None else list(taus),
+        seed=seed, num_samples=num_samples, class_labels=given, precision=model.eps.precision or "fp32",
+        device=device.type, batch_size=batch_size,
+        sample_shape=model.sample_shape if fmt == "latents" else model.image_shape,
+        sample_files="npy" if fmt == "latents" else "png", conditioning=None if cond is None else cond.model_dump(mode="json"))
+    problem = None
+    if world.is_main:
+        try:
+            SampleDir.open(out, manifest)
+        except DpmAlignError as exc:
+            problem = exc
+    problem = world.broadcast(problem)  # every rank stops on rank 0's refusal, none writes
+    if problem is not None:
+        raise problem
+    directory = SampleDir(out, manifest)
+    started = time.monotonic()
+    batches = [range(b * batch_size, min(num_samples, (b + 1) * batch_size))
+               for b in world.batches(math.ceil(num_samples / batch_size))]
+    todo = [idx for idx in batches if not all(directory.done(k) for k in idx)]
+    total = sum(len(idx) for idx in todo)
+    made = written = 0
+    for idx in todo:
+        (batch,) = generate(model, plan, taus, num_samples=len(idx), batch_size=len(idx), seed=seed, device=device,
+                            start_index=idx.start, class_labels=given)
+        files = batch.samples.float().cpu().numpy() if fmt == "latents" else to_uint8(decode(model, batch.samples))
+        for k, image in zip(idx, files):
+            if not directory.done(k):
+                directory.write(k, image)
+                written += 1
+        made += len(idx)
+        if progress:
+            progress(made, total, _rate(made, total, time.monotonic() - started, world))
+    counts = world.gather((written, sum(len(idx) for idx in batches) - written))
+    world.barrier()  # every rank's files are on disk
+    if not world.is_main:
+        return None
+    labels = None if cond is None else cond.per_sample_labels(seed, range(num_samples), given).tolist()
+    files = directory.finish(fmt, labels)
+    return SampleRun(out=str(out), num_samples=num_samples, generated=sum(c[0] for c in counts),
+                     already_present=sum(c[1] for c in counts), world_size=world.size,
+                     seconds=round(time.monotonic() - started, 3), files={k: str(v) for k, v in files.items()},
+                     labels=labels)
+
+
+def _rate(done: int, total: int, seconds: float, world: World) -> str:
+    """``12.3 samples/s, ETA 0:01:05`` (this rank's), for the progress line."""
+    rate = done / seconds if seconds > 0 else float("inf")
+    left = (total - done) / rate if rate > 0 else 0.0
+    where = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
+    return f"{rate:.1f} samples/s, ETA {int(left) // 3600}:{int(left) // 60 % 60:02d}:{int(left) % 60:02d}{where}"
+
+
 class AblationRow(BaseModel):
     """Fig. 6: the first ``aligned_steps`` taus (from t_K down) aligned, the rest plain."""
 
@@ -426,13 +527,17 @@ def trajectory_gap(
     ablation: bool = False,
     features: FeatureReference | None = None,
     device: torch.device | str = "cpu",
+    world: World = World(),
     progress: Progress | None = None,
-) -> GapReport:
+) -> GapReport | None:
     """Fig. 2 (and Fig. 6 with ``ablation``); with ``features``, also the Fréchet distance of the
     baseline and aligned end points (decoded, for a latent pipeline) to the real data's statistics
     in that feature space. With a
     fitted grid the baseline is the plain sampler on the kind's grid, and the aligned gaps are
-    taken at the fitted grid's points (``timesteps_aligned``)."""
+    taken at the fitted grid's points (``timesteps_aligned``). With several ranks, batch b is
+    made by rank b mod world.size and rank 0 sums the batches in order, so the report is the
+    one-process report bit for bit; it is returned on rank 0 (``features`` is needed there
+    only), None on the others."""
     fitted = plan.base_grid is not None
     if fitted and ablation:
         raise UsageError("--ablation aligns the first k steps of one grid; it does not apply to taus on a fitted grid "
@@ -441,17 +546,30 @@ def trajectory_gap(
     per = len(plan.eval_times) // plan.steps
     if ablation:  # k = 0 is the baseline and k = K the fully aligned sampler: only 1..K-1 are new
         candidates.update({f"first-{k}": [*taus[: k * per], *plan.eval_times[k * per :]] for k in range(1, plan.steps)})
+    mine = world.batches(math.ceil(num_samples / batch_size))
+    made = []  # (batch, end points by name, summed gaps by name) of this rank's batches
+    for done, b in enumerate(mine, 1):
+        lo = b * batch_size
+        (states,) = paired_trajectories(model.eps, plan.baseline_grid, plan.sampler, plan.eta, candidates,
+                                        model.sample_shape, num_samples=min(batch_size, num_samples - lo), start=lo,
+                                        reference_nfe=reference_nfe, seed=seed, device=device, batch_size=batch_size,
+                                        gamma=plan.gammas)
+        made.append((b, {name: states[name][-1].cpu() for name in ("reference", *candidates)},
+                     {name: torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
+                                          for a, r in zip(states[name], states.get(f"reference:{name}", states["reference"]))],
+                                         dtype=torch.float64) for name in candidates}))
+        if progress:
+            progress(done, len(mine), f"batch {b + 1}" + (f" (rank {world.rank} of {world.size})" if world.size > 1 else ""))
+    gathered = world.gather(made)
+    if gathered is None:
+        return None
     sums = {name: torch.zeros(len(plan.grid), dtype=torch.float64) for name in candidates}
     ends: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *candidates)}
-    for states in paired_trajectories(model.eps, plan.baseline_grid, plan.sampler, plan.eta, candidates, model.sample_shape,
-                                      num_samples=num_samples, reference_nfe=reference_nfe, seed=seed, device=device,
-                                      batch_size=batch_size, gamma=plan.gammas, progress=progress):
+    for _, batch_ends, batch_sums in sorted((item for part in gathered for item in part), key=lambda item: item[0]):
         for name in ends:
-            ends[name].append(states[name][-1].cpu())
+            ends[name].append(batch_ends[name])
         for name in sums:
-            reference = states.get(f"reference:{name}", states["reference"])
-            sums[name] += torch.tensor([(a - r).flatten(1).norm(dim=1).sum().item()
-                                        for a, r in zip(states[name], reference)], dtype=torch.float64)
+            sums[name] += batch_sums[name]
     reference = torch.cat(ends["reference"])
     end_errors = [(torch.cat(ends[name]) - reference).flatten(1).norm(dim=1) for name in ("baseline", "aligned")]
     change = mean_ratio_change(*end_errors, 0.95)

@@ -1,20 +1,22 @@
-"""Writing samples: one PNG per sample plus a grid PNG, or one .npz (images, or a latent pipeline's
-latents); class labels (prompt indices) beside them."""
+"""Files of samples: uint8 conversion, one PNG per sample (written atomically), the grid PNG, the
+``.npz`` that FID tools read (``arr_0``: uint8 [N, H, W, C]), streamed from the PNGs, and a latent
+pipeline's undecoded latents (one ``.npy`` per sample, streamed into ``latents.npz``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from .atomic import atomic_file
 from .errors import UsageError
+
+OUT_DIR_FIX = "choose a writable --out directory"  # what a failed write of a sample suggests
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -69,57 +71,57 @@ def _unwritable(out: Path, why: str) -> None:
     raise UsageError(f"cannot write to {out} ({why}); choose a writable --out directory") from None
 
 
-FORMATS = ("png", "npz", "latents")
+def write_png(image: np.ndarray, path: Path) -> None:
+    """One uint8 [H, W, C] image as a PNG, atomically: a reader (or a re-run after kill -9) sees
+    the whole file or none."""
+    with atomic_file(path, ".tmp", OUT_DIR_FIX) as tmp:
+        _pil(image).save(tmp, format="PNG")
 
 
-def save_samples(x: torch.Tensor, out: Path, fmt: str = "png", start_index: int = 0,
-                 labels: Sequence[int] | None = None) -> list[Path]:
-    """Write samples (sample k -> ``{k:05d}.png``) or ``samples.npz`` (uint8 [N, H, W, C]) + ``grid.png``,
-    or (``latents``) ``latents.npz`` (float32 [N, C, H, W], as the sampler left them, no grid).
-    Class labels go into the .npz (``labels``) or ``labels.json`` ({"00000.png": label, ...}).
+def read_png(path: Path) -> np.ndarray:
+    """A PNG written by ``write_png`` as uint8 [H, W, C]."""
+    from PIL import Image
 
-    The files are written into a hidden staging directory inside ``out`` and renamed into place
-    only when all are complete: an error or Ctrl-C while writing leaves ``out`` as it was (a
-    directory made for this call is removed again), never a partial set or a half-written file."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
-    made = not Path(out).exists()
-    out = prepare_out_dir(out)
-    staging = Path(tempfile.mkdtemp(prefix=".dpm-align-samples.", dir=out))
-    try:
-        names = (_write_latents(x, staging, labels) if fmt == "latents"
-                 else _write_samples(to_uint8(x), staging, fmt, start_index, labels))
-        for name in names:
-            os.replace(staging / name, out / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    staging.rmdir()
-    return [out / name for name in names]
+    with Image.open(path) as img:
+        array = np.asarray(img)
+    return array[..., None] if array.ndim == 2 else array
 
 
-def _write_samples(images: np.ndarray, directory: Path, fmt: str, start_index: int,
-                   labels: Sequence[int] | None) -> list[str]:
-    """The files of ``save_samples`` in ``directory``; returns their names, grid.png last."""
-    names = []
-    if fmt == "png":
-        for k, img in enumerate(images):
-            names.append(f"{start_index + k:05d}.png")
-            _pil(img).save(directory / names[-1])
+def write_npy(array: np.ndarray, path: Path) -> None:
+    """One undecoded latent (float32 [C, H, W]) as a ``.npy`` file, atomically."""
+    with atomic_file(path, ".tmp", OUT_DIR_FIX) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def read_npy(path: Path) -> np.ndarray:
+    return np.load(path)
+
+
+def write_grid(images: np.ndarray, path: Path) -> None:
+    """uint8 [N, H, W, C] as one grid PNG (``make_grid``), atomically."""
+    with atomic_file(path, ".tmp", OUT_DIR_FIX) as tmp:
+        _pil(make_grid(images)).save(tmp, format="PNG")
+
+
+def write_npz(path: Path, count: int, read: Callable[[int], np.ndarray], labels: Sequence[int] | None = None,
+              keys: tuple[str, str] = ("arr_0", "arr_1"), dtype: type = np.uint8) -> Path:
+    """An uncompressed ``.npz`` like ``np.savez``: ``arr_0`` = uint8 [count, H, W, C] made of
+    ``read(0) .. read(count - 1)`` (streamed: one image in memory at a time), and ``arr_1`` =
+    the class labels (int64) when given, as ADM's sampling script writes them. Atomic. ``keys`` and
+    ``dtype``: other names and element type (a latent pipeline's ``latents``/``labels``, float32)."""
+    first = read(0)
+    kind = np.dtype(dtype)
+    with atomic_file(path, ".tmp", OUT_DIR_FIX) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open(f"{keys[0]}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(kind),
+                                                     "fortran_order": False, "shape": (count, *first.shape)})
+            for k in range(count):
+                image = first if k == 0 else read(k)
+                if image.shape != first.shape or image.dtype != kind:
+                    raise UsageError(f"sample {k} is {image.dtype} {image.shape}, not {kind} {first.shape}; "
+                                     "write the samples into a new --out directory")
+                f.write(np.ascontiguousarray(image).tobytes())
         if labels is not None:
-            (directory / "labels.json").write_text(json.dumps(dict(zip(names, map(int, labels))), indent=0) + "\n")
-            names.append("labels.json")
-    else:
-        extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
-        np.savez_compressed(directory / "samples.npz", images=images, **extra)
-        names.append("samples.npz")
-    _pil(make_grid(images[:256])).save(directory / "grid.png")
-    return [*names, "grid.png"]
-
-
-def _write_latents(x: torch.Tensor, directory: Path, labels: Sequence[int] | None) -> list[str]:
-    extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
-    np.savez_compressed(directory / "latents.npz", latents=x.detach().float().cpu().numpy(), **extra)
-    return ["latents.npz"]
+            with zf.open(f"{keys[1]}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    return Path(path)

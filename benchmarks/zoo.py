@@ -114,7 +114,7 @@ def main() -> None:
                     line = (f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
                             f"{v.summary()}")
                     row = {"model": name, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
-                           "fit_s": artifact.fit.seconds, "align_s": round(align_s, 1), "verdict": v.verdict,
+                           "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
                            "reference_error": v.reference.error_l2, "eval": None}
                     if v.verdict != "unchanged" and (args.eval_trajectories is None

@@ -1,12 +1,14 @@
 """``dpm-align``: align, sample, inspect, eval. Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails
-its check), 2 usage error, 3 not better, 130 interrupted (Ctrl-C)."""
+its check, out of memory), 2 usage error (incl. a file that cannot be written), 3 not better, 130 interrupted
+(Ctrl-C)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import sys
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,24 +23,32 @@ from dpm_align.aligner_core.api import (
     SamplingPlan,
     ValidationSettings,
     align,
-    decode,
-    generate,
     not_better_message,
     resolve_plan,
+    sample_to_dir,
     trajectory_gap,
 )
-from dpm_align.aligner_core.artifacts.artifact import cache_path, ensure_writable, read_artifact, write_artifact
+from dpm_align.aligner_core.artifacts.artifact import (
+    CACHE_FIX,
+    cache_path,
+    ensure_writable,
+    read_artifact,
+    write_artifact,
+    write_cache_entry,
+)
 from dpm_align.aligner_core.artifacts.artifact_check import check_artifact
 from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
 from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.images import FORMATS, check_out_dir, prepare_out_dir, save_samples
+from dpm_align.aligner_core.distributed import World, refuse_world
+from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.models.loading import load_model, resolve_device
-from dpm_align.aligner_core.models.model import TextConditioning
+from dpm_align.aligner_core.models.model import PRECISIONS, TextConditioning, check_precision
 from dpm_align.aligner_core.models.pipelines import read_prompts
+from dpm_align.aligner_core.sample_dir import FORMATS
 from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
 from .output import CompactCommand, emit_json, handle_errors, progress_bar, stderr
@@ -48,9 +58,9 @@ stdout = Console(soft_wrap=True)
 app = typer.Typer(
     name="dpm-align",
     help="Fit, store and use aligned timesteps (DPM-Aligner) for few-step diffusion sampling.\n\n"
-    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails its check or does not belong to the model), "
-    "2 usage error, 3 align: the fitted taus are not better than the plain sampler (nothing written), "
-    "130 interrupted (Ctrl-C).",
+    "Exit codes: 0 ok, 1 runtime error (incl. an artifact that fails its check or does not belong to the model, "
+    "out of memory), 2 usage error (incl. a file that cannot be written: read-only, disk full), "
+    "3 align: the fitted taus are not better than the plain sampler (nothing written), 130 interrupted (Ctrl-C).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -77,6 +87,7 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
+PrecisionOpt = Annotated[str, typer.Option(help=f"the network's arithmetic: {' | '.join(PRECISIONS)} (tf32 and fp16 on CUDA; bf16/fp16 by autocast; the sampler's state stays float64)")]
 
 
 @dataclass(frozen=True)
@@ -105,15 +116,28 @@ class ModelSpec:
         given = [*(self.prompt or []), *(read_prompts(self.prompts) if self.prompts is not None else [])]
         return given or None
 
-    def load(self, device: str, *, identity_only: bool = False):
+    def load(self, device: str | torch.device, precision: str | None = None, *, identity_only: bool = False):
         """The model on ``device``; ``identity_only`` (inspect --check): only its ModelInfo is used,
         so a text-conditioned model needs no prompts."""
-        dev = resolve_device(device)
+        dev = resolve_device(device) if isinstance(device, str) else device
         return load_model(self.model, device=dev, schedule=self.schedule, prediction_type=self.prediction_type,
                           trust_pickle=self.trust_pickle, arch=self.arch, arch_config=self.arch_config,
                           sample_shape=self.sample_shape, guidance_scale=self.guidance_scale,
                           null_class=self.null_class, prompts=self.prompt_list(), negative_prompt=self.negative_prompt,
-                          identity_only=identity_only), dev
+                          identity_only=identity_only, precision=precision), dev
+
+    @contextmanager
+    def load_on_world(self, device: str, precision: str):
+        """Under torchrun (WORLD_SIZE > 1): join the process group first (each rank on its own CUDA
+        device), then load; yields (model, device, world) and leaves the group at the end."""
+        dev = resolve_device(device)
+        check_precision(precision, dev)  # before joining: a usage error needs no process group
+        world, dev = World.start(dev)
+        try:
+            loaded, dev = self.load(dev, precision)
+            yield loaded, dev, world
+        finally:
+            world.close()
 
 
 def _model_options(
@@ -225,22 +249,26 @@ def align_cmd(
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
                             batch_size=batch_size, candidates=_candidates(candidates))
+    refuse_world("align")
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
         ensure_writable(out)  # before loading the model: fail fast
     loaded, dev = spec.load(device)
     plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
-    cache = [] if no_cache else [cache_path(plan.key(loaded))]
-    for target in cache:
-        ensure_writable(target)
-    targets = cache + ([out] if out is not None else [])
+    if not no_cache:
+        ensure_writable(cache_path(plan.key(loaded)), CACHE_FIX)
     with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
         artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
                          validation=ValidationSettings(validation_samples, validation_max_samples, validation_reference_nfe,
                                                        confidence, validation_budget) if not no_validate else None)
     problem = not_better_message(artifact)
-    written = [] if problem and not keep_worse else [str(write_artifact(artifact, target)) for target in targets]
+    written: list[str] = []
+    if keep_worse or not problem:  # the cache entry first (under its lock), then --out
+        if not no_cache:
+            written.append(str(write_cache_entry(artifact)))
+        if out is not None:
+            written.append(str(write_artifact(artifact, out)))
     if json_out:
         emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
                    "artifact": artifact.model_dump(mode="json")})
@@ -274,52 +302,55 @@ def sample_cmd(
     spec: ModelSpec,
     sampling: SamplingOptions,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="number of samples")] = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (results do not depend on it)")] = 64,
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
-    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz | latents (latent pipelines: latents.npz, not decoded)")] = "png",
+    batch_size: Annotated[int, typer.Option(min=1, help="samples per network batch (sample k depends on (seed, k); the same batch size gives byte-identical files with any number of processes, another may change the network's last bits)")] = 64,
+    out: Annotated[Path, typer.Option(help="output directory: one PNG per sample, written as it is made (folders of 1000 above 1000 samples); re-running the same command completes it")] = Path("samples"),
+    fmt: Annotated[str, typer.Option("--format", help="png (one file per sample + grid.png) | npz (also samples.npz: uint8 NHWC arr_0, labels arr_1) | latents (latent pipelines: undecoded, one .npy per sample + latents.npz)")] = "png",
     taus: Annotated[Optional[Path], typer.Option("--taus", help="tau artifact; default: the cache entry for the model/sampler/trajectory/nfe")] = None,
     no_taus: Annotated[bool, typer.Option("--no-taus", help="plain sampler (baseline), no alignment")] = False,
     class_label: Annotated[Optional[list[int]], typer.Option("--class-label", help="class-conditional models: the label of the samples (repeat it to cycle through several) [default: random per sample]")] = None,
+    precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate samples with the aligned taus (or --no-taus for the plain sampler)."""
+    """Generate samples with the aligned taus (or --no-taus for the plain sampler); under torchrun, split over the ranks."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     if taus is not None and no_taus:
         raise UsageError("--taus and --no-taus contradict each other; pass one of them")
-    check_out_dir(out)  # fail fast, creating nothing: the directory is made when the samples are saved
-    loaded, dev = spec.load(device)
-    if fmt == "latents" and loaded.decoder is None:
-        raise UsageError("--format latents is for latent pipelines (a diffusers pipeline with a vae/); "
-                         "use --format png or npz")
-    plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
-    chosen = artifact.taus if artifact is not None else None
-    problem = not_better_message(artifact) if artifact is not None else None
-    if problem:
-        stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
-    batches = []
-    with progress_bar(f"sampling {num_samples}", quiet) as progress:
-        for batch in generate(loaded, plan, chosen, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                              device=dev, class_labels=class_label, progress=progress):
-            batches.append(replace(batch, samples=(batch.samples if fmt == "latents" else decode(loaded, batch.samples)).cpu()))
-    labels = None if loaded.eps.conditioning is None else torch.cat([b.labels.cpu() for b in batches]).tolist()
-    written = save_samples(torch.cat([b.samples for b in batches]), out, fmt, labels=labels)
+    check_out_dir(out)  # fail fast, creating nothing: the directory is made when the first sample is written
+    with spec.load_on_world(device, precision) as (loaded, dev, world):
+        if fmt == "latents" and loaded.decoder is None:
+            raise UsageError("--format latents is for latent pipelines (a diffusers pipeline with a vae/); "
+                             "use --format png or npz")
+        plan, artifact, source = resolve_plan(loaded, **asdict(sampling), taus_path=taus, use_taus=not no_taus, device=dev)
+        chosen = artifact.taus if artifact is not None else None
+        problem = not_better_message(artifact) if artifact is not None else None
+        if problem and world.is_main:
+            stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
+        with progress_bar(f"sampling {num_samples}", quiet or not world.is_main) as progress:
+            run = sample_to_dir(loaded, plan, chosen, out, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                                fmt=fmt, device=dev, class_labels=class_label, world=world, progress=progress)
+    if run is None:  # not rank 0: rank 0 reports for all
+        return
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
         "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
         "aligned": artifact is not None, "taus_file": str(source) if source else None,
-        "taus": chosen, "grid": str(written[-1]) if fmt != "latents" else None, "labels": labels,
+        "taus": chosen, "grid": run.files.get("grid"), "npz": run.files.get("npz"), "labels": run.labels,
         "prompts": spec.prompt_list() if isinstance(loaded.eps.conditioning, TextConditioning) else None,
         "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
+        "precision": precision, "generated": run.generated, "already_present": run.already_present,
+        "world_size": run.world_size, "seconds": run.seconds,
     }
     if json_out:
         emit_json(summary)
     else:
-        typer.echo(f"wrote {num_samples} samples ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
-                   f"{plan.label} nfe={plan.nfe}) to {out}" + (f"; grid: {written[-1]}" if fmt != "latents" else ""))
+        kept = f", {run.already_present} already there" if run.already_present else ""
+        typer.echo(f"wrote {run.generated} samples{kept} ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
+                   f"{plan.label} nfe={plan.nfe}, {run.world_size} process(es), {run.seconds:.1f}s) to {out}"
+                   + "".join(f"; {name}: {path}" for name, path in run.files.items() if name in ("grid", "npz")))
 
 
 @app.command("inspect", cls=CompactCommand)
@@ -359,8 +390,7 @@ def _print_table(artifact) -> None:
         table.add_row(*row)
     stdout.print(table)
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
-               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer}, "
-               f"{artifact.fit.seconds:.1f}s on {artifact.fit.device}")
+               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer} on {artifact.fit.device}")
     c = artifact.conditioning
     if isinstance(c, TextConditioning):
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
@@ -403,6 +433,7 @@ def eval_cmd(
     data: Annotated[Optional[str], typer.Option(help="real images for --inception-weights/--feature-net: image folder, .npz, or mnist | cifar10 | digits")] = None,
     reference_stats: Annotated[Optional[Path], typer.Option(help="precomputed real-data statistics (.npz with mu, sigma) instead of --data")] = None,
     save_stats: Annotated[Optional[Path], typer.Option(help="write the statistics of --data to this .npz for later --reference-stats")] = None,
+    precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -417,16 +448,18 @@ def eval_cmd(
     if inception_weights is None and feature_net is None and (data or reference_stats or save_stats):
         raise UsageError("--data, --reference-stats and --save-stats are for a feature distance; "
                          "also pass --inception-weights FILE or --feature-net FILE")
-    loaded, dev = spec.load(device)
-    plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
-    reference = None
-    if inception_weights is not None or feature_net is not None:
-        net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
-        reference = feature_reference(net, loaded.image_shape, data=data, stats=reference_stats, save=save_stats)
-    with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
-        report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
-                                reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
-                                device=dev, progress=progress)
+    with spec.load_on_world(device, precision) as (loaded, dev, world):
+        plan, artifact, _ = resolve_plan(loaded, **asdict(sampling), taus_path=taus, device=dev)
+        reference = None
+        if world.is_main and (inception_weights is not None or feature_net is not None):
+            net = FeatureNet(inception_weights or feature_net, "inception" if inception_weights else "torchscript", dev)
+            reference = feature_reference(net, loaded.image_shape, data=data, stats=reference_stats, save=save_stats)
+        with progress_bar(f"eval {plan.sampler} {plan.label} nfe={plan.nfe}", quiet or not world.is_main) as progress:
+            report = trajectory_gap(loaded, plan, artifact.taus, num_samples=num_samples, batch_size=batch_size,
+                                    reference_nfe=reference_nfe, seed=seed, ablation=ablation, features=reference,
+                                    device=dev, world=world, progress=progress)
+    if report is None:  # not rank 0: rank 0 reports for all
+        return
     if plot is not None:
         prepare_out_dir(plot)
         plot_gap(report, plot / "gap.png")

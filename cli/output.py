@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperOption
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dpm_align.aligner_core.errors import DpmAlignError
+from dpm_align.aligner_core.errors import DpmAlignError, from_environment
 
 stderr = Console(stderr=True)
 
@@ -33,15 +33,16 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except DpmAlignError as exc:
-            message = " ".join(str(exc).splitlines())  # one line, whatever a file's contents put into it
-            stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc)
         except KeyboardInterrupt:  # exit 130 = 128 + SIGINT, as a shell reports it; every write is atomic
             stderr.print("error: interrupted; no file was left half-written", highlight=False, markup=False)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as exc:  # an unexpected bug: still one line unless DPM_ALIGN_DEBUG is set
+        except Exception as exc:  # the machine's fault (out of memory), else a bug: one line unless DPM_ALIGN_DEBUG is set
+            known = from_environment(exc)
+            if known is not None:
+                _fail(known)
             if os.environ.get("DPM_ALIGN_DEBUG"):
                 raise
             stderr.print(f"error: internal error: {type(exc).__name__}: {exc} (set DPM_ALIGN_DEBUG=1 for a traceback)",
@@ -49,6 +50,12 @@ def handle_errors(command: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _fail(exc: DpmAlignError) -> NoReturn:
+    message = " ".join(str(exc).splitlines())  # one line, whatever a file's contents put into it
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
 
 
 @contextmanager

@@ -155,6 +155,16 @@ def test_unwritable_destinations(tmp_path):
         ensure_writable(blocker / "sub" / "taus.json")
 
 
+def test_fit_seconds_of_older_files_is_dropped(artifact, tmp_path):
+    """Until 0.2.0 artifacts stored the fit's duration, the one field besides `created` that made two
+    runs differ; files that have it are still read."""
+    for version in (3, 4):
+        doc = artifact.model_dump(mode="json")
+        doc["schema_version"], doc["fit"]["seconds"] = version, 1.25
+        (tmp_path / "old.json").write_text(json.dumps(doc))
+        assert read_artifact(tmp_path / "old.json") == artifact
+
+
 def test_schema_v3_validation_and_fitgrid_key_are_upgraded(artifact, tmp_path):
     v3 = artifact.model_dump(mode="json")
     v3["schema_version"] = 3

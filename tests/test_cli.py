@@ -58,7 +58,7 @@ def test_sample_finds_cached_taus_and_is_deterministic(cli, aligned, tiny_ckpt, 
         assert result.exit_code == 0, result.output
         summary = parse_json(result)
         assert summary["aligned"] and summary["taus"] == document["artifact"]["taus"]
-        runs.append([np.asarray(Image.open(tmp_path / name / f"{k:05d}.png")) for k in range(5)])
+        runs.append([np.asarray(Image.open(tmp_path / name / f"{k:06d}.png")) for k in range(5)])
     assert (tmp_path / "a" / "grid.png").is_file()
     assert all(np.array_equal(x, y) for x, y in zip(*runs))  # same seed, other batch size: same images
 
@@ -68,7 +68,7 @@ def test_sample_baseline_and_npz(cli, tiny_ckpt, tmp_path):
                  "--out", tmp_path / "s", "--device", "cpu", "--quiet", "--json")
     assert result.exit_code == 0, result.output
     assert parse_json(result)["aligned"] is False
-    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    images = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
     assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
 
 
@@ -340,7 +340,7 @@ def test_prediction_types_end_to_end(cli, tmp_path, prediction_type):
     sampled = cli("sample", "--model", weights, "--taus", tmp_path / "t.json", "-n", "2", "--out", tmp_path / "s",
                   "--device", "cpu", "--quiet", "--json")
     assert sampled.exit_code == 0 and parse_json(sampled)["aligned"] is True
-    images = [np.asarray(Image.open(tmp_path / "s" / f"{k:05d}.png")) for k in range(2)]
+    images = [np.asarray(Image.open(tmp_path / "s" / f"{k:06d}.png")) for k in range(2)]
     assert all(img.shape == (8, 8) for img in images)
 
 

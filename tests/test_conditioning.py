@@ -74,11 +74,11 @@ def test_cli_align_then_sample_finds_the_guided_taus(cli, tmp_path):
     summary = parse_json(result)
     assert summary["aligned"] and summary["key"] == key and summary["labels"] == [1, 2, 1, 2, 1]
     assert summary["guidance_scale"] == 2.0
-    assert np.load(out / "samples.npz")["labels"].tolist() == [1, 2, 1, 2, 1]
+    assert np.load(out / "samples.npz")["arr_1"].tolist() == [1, 2, 1, 2, 1]
     png = tmp_path / "png"
     result = cli("sample", "--model", GMM, "--nfe", "4", "--guidance-scale", "2", "-n", "2", "--out", png, "--quiet")
     assert result.exit_code == 0, result.output
-    assert set(json.loads((png / "labels.json").read_text())) == {"00000.png", "00001.png"}
+    assert set(json.loads((png / "labels.json").read_text())) == {"000000.png", "000001.png"}
 
 
 def test_taus_for_another_guidance_are_refused(cli, tmp_path):

@@ -227,4 +227,4 @@ def test_cli_align_then_sample(tmp_path, monkeypatch, pipe_dir):
     out = tmp_path / "s"
     summary = invoke("sample", "--taus", str(taus), "-n", "4", "--out", str(out))
     assert summary["aligned"] is True and summary["taus"] == artifact.taus
-    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png", "00003.png", "grid.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png", "000002.png", "000003.png", "grid.png"]

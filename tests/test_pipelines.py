@@ -84,7 +84,7 @@ def test_sd_align_sample_inspect_eval(cli, sd_dir, prompts_file, tmp_path):
     assert summary["prompts"] == ["a bird"] and summary["labels"] == [0, 0, 0]
     from PIL import Image
 
-    image = Image.open(out / "00002.png")
+    image = Image.open(out / "000002.png")
     assert image.size == (16, 16) and image.mode == "RGB"
     path = document["written"][0]
     result = cli("inspect", path, "--check", "--model", sd_dir)
@@ -168,6 +168,20 @@ def test_dit_class_labels_end_to_end(cli, dit_dir, tmp_path):
     result = cli("inspect", parse_json(result)["taus_file"], "--check", "--model", dit_dir, "--guidance-scale", "2")
     assert result.exit_code == 0, result.output
     assert "conditioning: class labels 0..999 (guidance w=2, null class 1000)" in result.stdout
+
+
+def test_latents_are_written_as_made_and_a_rerun_completes_them(cli, dit_dir, tmp_path):
+    """--format latents goes through sample_dir: one .npy per sample (resumable), then latents.npz."""
+    out = tmp_path / "latents"
+    args = ("sample", "--model", dit_dir, "--no-taus", "--nfe", "2", "-n", "3", "--batch-size", "1", "--format",
+            "latents", "--out", out, "--json", "--quiet", "--device", "cpu")
+    assert cli(*args).exit_code == 0
+    first = (out / "latents.npz").read_bytes()
+    (out / "000001.npy").unlink()
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["already_present"] == 2 and (out / "latents.npz").read_bytes() == first
+    assert np.load(out / "latents.npz")["latents"].shape == (3, *LATENT_SHAPE)
 
 
 def test_eval_feature_distance_on_decoded_images(cli, dit_dir, tmp_path):

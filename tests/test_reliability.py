@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -171,8 +172,6 @@ def _interrupt(*args, **kwargs):
 
 @pytest.mark.parametrize("command,target", [
     ("align", "dpm_align.aligner_core.api.fit_taus"),
-    ("sample", "dpm_align.aligner_core.api.run_sampler"),
-    ("sample", "dpm_align.aligner_core.images.make_grid"),  # while the files are written
     ("eval", "dpm_align.cli.main.trajectory_gap"),
     ("inspect", "dpm_align.cli.main.inspect_rows"),
 ])
@@ -194,12 +193,34 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(cli, gmm_artifact, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taus.json"] and list(isolated_cache.iterdir()) == []
 
 
-def test_ctrl_c_while_saving_keeps_an_existing_out_directory_as_it_was(cli, gmm_artifact, tmp_path, monkeypatch):
+class _HalfWrite:
+    """An image whose ``save`` writes half a file, then is interrupted."""
+
+    def __init__(self, *args):
+        pass
+
+    def save(self, path, **kwargs):
+        Path(path).write_bytes(b"half a png")
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("target, replacement, left", [
+    ("dpm_align.aligner_core.api.run_sampler", _interrupt, []),  # in the first batch: the manifest only
+    ("dpm_align.aligner_core.images._pil", _HalfWrite, []),  # while the first file is written
+    ("dpm_align.aligner_core.images.make_grid", _interrupt, ["000000.png", "000001.png"]),  # every sample, no grid
+])
+def test_ctrl_c_in_sample_leaves_complete_files_and_a_rerun_completes(cli, gmm_artifact, tmp_path, monkeypatch,
+                                                                     target, replacement, left):
     taus = tmp_path / "taus.json"
     taus.write_text(json.dumps(gmm_artifact))
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "00000.png").write_bytes(b"an earlier run")
-    monkeypatch.setattr("dpm_align.aligner_core.images.make_grid", _interrupt)
-    assert cli("sample", "--model", GMM_TINY, "--taus", taus, "--out", out, *SAMPLE).exit_code == 130
-    assert [p.name for p in out.iterdir()] == ["00000.png"] and (out / "00000.png").read_bytes() == b"an earlier run"
+    args = ("sample", "--model", GMM_TINY, "--taus", taus, *SAMPLE)
+    assert cli(*args, "--out", tmp_path / "clean").exit_code == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(target, replacement)
+        result = cli(*args, "--out", tmp_path / "out")
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == \
+        "error: interrupted; no file was left half-written"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*left, "dpm-align-sample.json"])
+    assert cli(*args, "--out", tmp_path / "out").exit_code == 0
+    for path in (tmp_path / "clean").iterdir():
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes(), path.name

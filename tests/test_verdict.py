@@ -8,7 +8,7 @@ import torch
 from dpm_align.aligner_core.evaluation.calibration import Truth, perturbed_taus, verdict_rates
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from dpm_align.aligner_core.evaluation.validation import ValidationSettings, decide
+from dpm_align.aligner_core.evaluation.validation import NON_INFERIORITY, ValidationSettings, decide
 from dpm_align.aligner_core.evaluation.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
@@ -61,6 +61,11 @@ def test_decision_rule():
     assert decide({"end_l2": better, "kernel": worse}, ["end_l2", "kernel"]) == "worse"
     assert decide({"end_l2": unsure, "kernel": better}, ["end_l2", "kernel"]) == "inconclusive"
     assert decide({"end_l2": worse, "kernel": better}, ["kernel"]) == "better"
+    # the kernel not shown within the non-inferiority margin: look again, do not accept
+    wide = Change(1, 0.6, -0.4, -1.38, 0.61, "inconclusive")
+    assert decide({"end_l2": better, "kernel": wide}, ["end_l2", "kernel"]) == "inconclusive"
+    edge = Change(1, 1.0, 0.0, -0.2, NON_INFERIORITY, "inconclusive")
+    assert decide({"end_l2": better, "kernel": edge}, ["end_l2", "kernel"]) == "better"
 
 
 def test_looks_double_up_to_the_maximum():

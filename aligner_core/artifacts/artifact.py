@@ -1,12 +1,15 @@
 """The tau artifact: a versioned JSON document (pydantic, extra="forbid"), its key, the cache.
 
 Artifacts are written atomically (temp file in the same directory + os.replace) and looked up by
-key; a reader refuses an artifact whose model, sampler or trajectory differ from the request, and
-checks its values first (``artifact_check``).
+key; a cache entry is written under a file lock (``write_cache_entry``). A reader refuses an
+artifact whose model, sampler or trajectory differ from the request, and checks its values first
+(``artifact_check``). An artifact is a function of the inputs and the seed: only ``created``
+differs between two runs on the same device.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -16,12 +19,13 @@ from types import EllipsisType
 from typing import Any, Literal
 
 import platformdirs
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import DpmAlignError, UsageError
 from ..sampling.schedule import ScheduleSpec
 from ..sampling.analytic import GammaTable
-from ..atomic import atomic_file
+from ..atomic import atomic_file, cannot_write
 from ..models.model import AnyConditioning, same_key
 from ..fitting.fit import CandidateFit
 from ..evaluation.validation import Validation, upgrade_v3
@@ -83,7 +87,6 @@ class FitInfo(_Strict):
     seed: int
     device: str
     dtype: str
-    seconds: float
     loss_before: list[float | None]
     loss_after: list[float | None]
     candidate: str | None = Field(None, description="joint fits: the winning candidate (taus, grid+taus, grid)")
@@ -140,7 +143,10 @@ def upgrade(data: dict) -> dict:
     """An older schema's document as schema v4. v1 -> v2 (one evaluation per step): add
     trajectory.steps/rho and eval_times; v2 -> v3 only added the optional ``conditioning``; v3 ->
     v4: a fitted grid is keyed by its kind (``-fitgrid`` leaves the key), and the validation block
-    becomes a verdict (v3's point estimates kept, without intervals)."""
+    becomes a verdict (v3's point estimates kept, without intervals). Every version: ``fit.seconds``
+    (the fit's duration, stored until 0.2.0 made artifacts deterministic) is dropped."""
+    if isinstance(data.get("fit"), dict) and "seconds" in data["fit"]:
+        data = dict(data, fit={k: v for k, v in data["fit"].items() if k != "seconds"})
     if data.get("schema_version") == 1:
         data = _upgrade_v1(data)
     if data.get("schema_version") == 2:
@@ -182,7 +188,32 @@ def cache_path(key: str) -> Path:
     return cache_dir() / f"{key}.json"
 
 
-def ensure_writable(path: Path) -> None:
+OUT_FIX = "choose a writable --out path"
+CACHE_FIX = "set DPM_ALIGN_CACHE_DIR to a writable directory, or pass --no-cache --out FILE"
+LOCK_TIMEOUT_S = 60.0  # a cache entry's lock is held only while the entry is written
+
+
+def write_cache_entry(artifact: TauArtifact) -> Path:
+    """Write ``artifact`` as the cache entry of its key, holding the key's file lock
+    (``.<key>.json.lock``) so that one process at a time writes it: two processes aligning the same
+    key both fit, and the one that finishes last writes last and wins; the entry is always one whole
+    artifact. Under the lock, temporary files that killed writers of this key left are removed."""
+    path = cache_path(artifact.key)
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock, timeout=LOCK_TIMEOUT_S):
+            for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):
+                stale.unlink(missing_ok=True)
+            return write_json_atomic(artifact, path, CACHE_FIX)
+    except Timeout:
+        raise DpmAlignError(f"another process has held the cache lock {lock} for {LOCK_TIMEOUT_S:g} s; wait for it "
+                            "to finish (or end it), or pass --no-cache --out FILE") from None
+    except OSError as exc:
+        raise cannot_write(path, exc, CACHE_FIX) from None
+
+
+def ensure_writable(path: Path, fix: str = OUT_FIX) -> None:
     """Fail before any work if ``path`` cannot be written (checked by creating a probe file)."""
     path = Path(path)
     if path.is_dir():
@@ -193,7 +224,7 @@ def ensure_writable(path: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out path") from None
+        raise cannot_write(path, exc, fix) from None
 
 
 def write_artifact(artifact: TauArtifact, path: Path) -> Path:
@@ -201,11 +232,11 @@ def write_artifact(artifact: TauArtifact, path: Path) -> Path:
     return write_json_atomic(artifact, path)
 
 
-def write_json_atomic(document: BaseModel, path: Path) -> Path:
+def write_json_atomic(document: BaseModel, path: Path, fix: str = OUT_FIX) -> Path:
     """Write a pydantic document as JSON atomically (temporary file in the same directory, fsync,
-    rename)."""
+    rename); ``fix``: what the one-line error suggests when it cannot be written."""
     text = document.model_dump_json(indent=2) + "\n"
-    with atomic_file(path, ".tmp", "--out") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_file(path, ".tmp", fix) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

@@ -5,8 +5,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, cannot_write
 from ..errors import UsageError
+
+PLOT_FIX = "choose a writable plot path"
 
 
 @contextmanager
@@ -23,10 +25,10 @@ def _figure(path: Path, ncols: int = 1, title: str = ""):
         yield axes[0]
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        with atomic_file(path, ".tmp.png", "plot", make_parents=False) as tmp:  # never a half-written PNG
+        with atomic_file(path, ".tmp.png", PLOT_FIX, make_parents=False) as tmp:  # never a half-written PNG
             fig.savefig(tmp, dpi=100, format="png")
     except OSError as exc:
-        raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose a writable plot path") from None
+        raise cannot_write(path, exc, PLOT_FIX) from None
     finally:
         plt.close(fig)
 

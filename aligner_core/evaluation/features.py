@@ -119,7 +119,7 @@ def load_stats(path: Path, expected_net: str | None = None) -> FeatureStats:
 
 def save_stats(stats: FeatureStats, path: Path) -> Path:
     """Atomic write of mu, sigma, num_samples and feature_net to ``path`` (.npz)."""
-    with atomic_file(path, ".npz", "--save-stats") as tmp:
+    with atomic_file(path, ".npz", "choose a writable --save-stats path") as tmp:
         np.savez(tmp, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), num_samples=np.int64(stats.num_samples),
                  feature_net=np.str_(stats.feature_net or ""))
     return Path(path)

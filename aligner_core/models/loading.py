@@ -41,7 +41,7 @@ from torch import nn
 
 from ..artifacts.artifact import ModelInfo
 from ..errors import DpmAlignError, UsageError, first_line
-from .model import PREDICTION_TYPES, Conditioning, EpsModel
+from .model import PREDICTION_TYPES, Conditioning, EpsModel, check_precision
 from .nets import ARCHITECTURES
 from .pipelines import (TEXT_UNETS, TRANSFORMERS, LatentDecoder, TextUNet, check_text_pipeline, denoiser_folder,
                         encode_prompts, load_dit, load_text_unet, load_vae, quiet_loading, text_conditioning)
@@ -609,6 +609,7 @@ def load_model(
     prompts: Sequence[str] | None = None,
     negative_prompt: str | None = None,
     identity_only: bool = False,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Load ``path`` offline and wrap it as eps(x, t). ``None`` is the embedded demo model;
     ``gmm[:options]`` the exact Gaussian-mixture model; ``package.module:function`` a factory.
@@ -621,8 +622,11 @@ def load_model(
     guidance: the last class embedding) set the classifier-free guidance. A text-conditioned
     pipeline needs ``prompts`` (sample i gets prompt i mod P); its null condition is the empty
     prompt, or ``negative_prompt``. ``identity_only``: only ``info`` will be used (``inspect
-    --check``), so a text-conditioned model without prompts is loaded with the empty prompt."""
+    --check``), so a text-conditioned model without prompts is loaded with the empty prompt.
+    ``precision`` (fp32 | tf32 | bf16 | fp16, ``model.PRECISIONS``) is the network's arithmetic at
+    every call (None: torch's global settings)."""
     dev = resolve_device(device) if isinstance(device, str) else device
+    check_precision(precision, dev)
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"unknown --prediction-type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
     shape = parse_sample_shape(sample_shape)
@@ -667,7 +671,7 @@ def load_model(
         num_train_timesteps=spec.num_train_timesteps,
         schedule=spec,
     )
-    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning), info,
+    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning, precision), info,
                        tuple(int(v) for v in found.sample_shape), None if found.decoder is None else found.decoder.to(dev))
 
 

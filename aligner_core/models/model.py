@@ -18,8 +18,9 @@ condition of the guidance is the row after the prompts (the empty or the negativ
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Iterator, Literal, Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +31,38 @@ from ..sampling.schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str | None, device: torch.device) -> str | None:
+    """``precision`` if it is known and runs on ``device``, else a UsageError naming the fix."""
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError(f"--precision fp16 needs a CUDA device (here: {device.type}); use bf16 or fp32 on the CPU")
+    return precision
+
+
+@contextmanager
+def network_precision(precision: str | None, device: torch.device) -> Iterator[None]:
+    """The network's arithmetic: fp32 (TF32 off: exact float32 matmuls and convolutions on CUDA),
+    tf32 (TF32 tensor cores on CUDA; the same as fp32 on the CPU), bf16/fp16 (autocast: matmuls
+    and convolutions in half precision, reductions in float32), None (torch's global settings as
+    they are: what ``align`` uses). Float64 networks (the exact mixture) are never cast."""
+    if precision in _AUTOCAST:
+        with torch.autocast(device.type, dtype=_AUTOCAST[precision]):
+            yield
+        return
+    if precision is None or device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 class Conditioning(BaseModel):
@@ -139,6 +172,7 @@ class EpsModel:
         prediction_type: str = "epsilon",
         dtype: torch.dtype = torch.float32,
         conditioning: AnyConditioning | None = None,
+        precision: str | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(
@@ -149,6 +183,7 @@ class EpsModel:
         self.prediction_type = prediction_type
         self.dtype = dtype
         self.conditioning = conditioning
+        self.precision = precision  # network arithmetic (PRECISIONS, None: torch's settings); samplers stay float64
 
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """The one place where internal time becomes the network's input time (identity for
@@ -185,7 +220,8 @@ class EpsModel:
             raise ValueError(f"a class-conditional model needs one class label per sample ({batch})")
         # Guidance mixes raw outputs; the conversion to eps below is linear in them, so this equals
         # mixing the two eps predictions.
-        out = self._network(x, t, labels).to(x.dtype)
+        with network_precision(self.precision, x.device):
+            out = self._network(x, t, labels).to(x.dtype)
         if self.prediction_type == "epsilon":
             return out
         shape = (batch,) + (1,) * (x.dim() - 1)
