@@ -451,10 +451,12 @@ def fit_joint(
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
-        power, target_power = out.square().flatten(1).mean(1), batch.target.square().flatten(1).mean(1)
         # the per-sample RMS distance (the verdict's end-point L2 up to the constant sqrt(dim)), not its
         # square: the squared distance let a few heavy-tailed samples steer the fit (docs/RESULTS.md)
         distance = ((out - batch.target).square().flatten(1).mean(1) + 1e-24).sqrt()
+        if not config.norm_weight:
+            return distance
+        power, target_power = out.square().flatten(1).mean(1), batch.target.square().flatten(1).mean(1)
         return distance + config.norm_weight * (power - target_power).square()
 
     def holdout_loss(g: torch.Tensor, taus: torch.Tensor) -> float:
