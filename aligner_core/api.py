@@ -485,8 +485,9 @@ class GapReport(BaseModel):
     taus: list[float]
     gap_baseline: list[float]
     gap_aligned: list[float]
-    end_gap_baseline: float
+    end_gap_baseline: float  # mean end-point L2 of the delivered samples (clamped to data_range; gap_* are raw states)
     end_gap_aligned: float
+    data_range: tuple[float, float] | None = None  # the end-point metrics' clamp (pixel models: [-1, 1])
     end_gap_ratio: float
     end_gap_interval: tuple[float, float] | None = None  # 95% interval of end_gap_ratio (paired, see verdict.py)
     kernel_baseline: float | None = None  # unbiased MMD^2 of the end points to the reference's (verdict.py)
@@ -570,13 +571,16 @@ def trajectory_gap(
             ends[name].append(batch_ends[name])
         for name in sums:
             sums[name] += batch_sums[name]
-    reference = torch.cat(ends["reference"])
-    end_errors = [(torch.cat(ends[name]) - reference).flatten(1).norm(dim=1) for name in ("baseline", "aligned")]
-    change = mean_ratio_change(*end_errors, 0.95)
-    kernel = kernel_change(torch.cat(ends["baseline"]), torch.cat(ends["aligned"]), reference, 0.95)
-    frechet = {name: frechet_distance(torch.cat(ends[name]), reference) for name in candidates}
+    delivered = {name: model.eps.delivered(torch.cat(batches)) for name, batches in ends.items()}  # as the verdict
+    reference = delivered["reference"]
+    end_errors = {name: (delivered[name] - reference).flatten(1).norm(dim=1) for name in candidates}
+    change = mean_ratio_change(end_errors["baseline"], end_errors["aligned"], 0.95)
+    kernel = kernel_change(delivered["baseline"], delivered["aligned"], reference, 0.95)
+    frechet = {name: frechet_distance(delivered[name], reference) for name in candidates}
     gaps = {name: (total / num_samples).tolist() for name, total in sums.items()}
     base, aligned = gaps["baseline"], gaps["aligned"]
+    end_l2 = {name: float(e.mean()) for name, e in end_errors.items()}
+    end_base, end_aligned = end_l2["baseline"], end_l2["aligned"]
     feature_report = None
     if features is not None:  # in image space: a latent pipeline's end points decoded, batch by batch
         images = {name: [decode(model, batch).cpu() for batch in ends[name]] for name in ("baseline", "aligned")}
@@ -584,7 +588,7 @@ def trajectory_gap(
     rows = None
     if ablation:
         names = ["baseline", *[f"first-{k}" for k in range(1, plan.steps)], "aligned"]
-        rows = [AblationRow(aligned_steps=k, end_l2=gaps[name][-1], frechet_pixel=frechet[name]) for k, name in enumerate(names)]
+        rows = [AblationRow(aligned_steps=k, end_l2=end_l2[name], frechet_pixel=frechet[name]) for k, name in enumerate(names)]
     return GapReport(
         model_sha256=model.info.sha256, key=plan.key(model), sampler=plan.sampler, eta=plan.eta,
         trajectory=plan.label, nfe=plan.nfe, num_samples=num_samples, seed=seed,
@@ -592,8 +596,8 @@ def trajectory_gap(
         reference_nfe=reference_nfe_of(union_grid(plan.baseline_grid, candidates), reference_nfe, model.eps.schedule),
         timesteps=list(plan.baseline_grid), timesteps_aligned=list(plan.grid) if fitted else None,
         taus=list(taus), gap_baseline=base, gap_aligned=aligned,
-        end_gap_baseline=base[-1], end_gap_aligned=aligned[-1],
-        end_gap_ratio=aligned[-1] / base[-1] if base[-1] > 0 else float("nan"),
+        end_gap_baseline=end_base, end_gap_aligned=end_aligned, data_range=model.eps.data_range,
+        end_gap_ratio=end_aligned / end_base if end_base > 0 else float("nan"),
         end_gap_interval=None if change.low is None else (1 + change.low, 1 + change.high),
         kernel_baseline=kernel.baseline, kernel_aligned=kernel.aligned,
         kernel_change_interval=None if kernel.low is None else (kernel.low, kernel.high),

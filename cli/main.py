@@ -487,7 +487,8 @@ def eval_cmd(
     change = (report.end_gap_ratio - 1) * 100
     interval = "" if report.end_gap_interval is None else \
         " [{:+.1f}%, {:+.1f}%] (95%)".format(*((v - 1) * 100 for v in report.end_gap_interval))
-    typer.echo(f"end-point gap: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
+    clamped = "" if report.data_range is None else " of the images clamped to [{:g}, {:g}]".format(*report.data_range)
+    typer.echo(f"end-point gap{clamped}: baseline {report.end_gap_baseline:.4f}, aligned {report.end_gap_aligned:.4f} "
                f"({change:+.1f}%{interval})")
     if report.kernel_change_interval is not None:
         typer.echo("kernel distance (MMD^2) to the reference samples: baseline {:.4g}, aligned {:.4g} ({:+.1f}% "

@@ -8,7 +8,7 @@ import torch
 from dpm_align.aligner_core.evaluation.calibration import Truth, perturbed_taus, verdict_rates
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from dpm_align.aligner_core.evaluation.validation import NON_INFERIORITY, ValidationSettings, decide
+from dpm_align.aligner_core.evaluation.validation import NON_INFERIORITY, ValidationSettings, decide, validate
 from dpm_align.aligner_core.evaluation.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
@@ -90,3 +90,20 @@ def test_verdict_error_rates_on_the_exact_mixture():
     assert rates.null_trials >= 30 and rates.false_accepts == 0
     assert rates.false_rejects == 0
     assert rates.clear_trials >= 2 and rates.clear_accepts == rates.clear_trials
+
+
+def test_pixel_models_are_judged_on_the_images_users_receive(tiny_ckpt):
+    """Pixel models carry data_range [-1, 1] and the verdict compares clamped end points (as every
+    saved image is); a mixture's values are compared as they are."""
+    pixel = load_model(tiny_ckpt).eps
+    assert pixel.data_range == (-1.0, 1.0) and load_model("gmm:dim=4,components=2,seed=0").eps.data_range is None
+    x = torch.tensor([-3.0, -0.5, 0.25, 14.0])
+    assert pixel.delivered(x).tolist() == [-1.0, -0.5, 0.25, 1.0]
+    model = load_model(tiny_ckpt)
+    model.eps.data_range = (-0.01, 0.01)  # so narrow that every end point lands on its edges
+    grid = make_grid("uniform", 3, model.eps.schedule)
+    v = validate(model.eps, grid, "ddim", 0.0, [t - 5 for t in grid[:-1]], model.sample_shape,
+                 ValidationSettings(8, 8, 6), batch_size=8)
+    size = math.prod(model.sample_shape)
+    assert v.data_range == (-0.01, 0.01) and "images clamped to [-0.01, 0.01]" in v.summary()
+    assert v.baseline["end_l2"] <= 0.02 * math.sqrt(size) + 1e-9  # distances between clamped points only

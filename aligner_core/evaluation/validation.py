@@ -6,6 +6,10 @@ paired relative change gets a confidence interval (``verdict``):
 - ``end_l2``: mean per-sample end-point L2 to the reference (decides for deterministic samplers);
 - ``kernel``: unbiased MMD^2 of the end points to the reference's (a distribution distance that is
   meaningful at a few hundred samples, unlike a Fréchet distance in thousands of dimensions).
+End points are compared as the user receives them: a pixel model's clamped to [-1, 1]
+(``EpsModel.delivered``), as every saved image and every diffusers pipeline's output is. Raw, a
+few out-of-range pixels (up to 14 on cifar-patch16) dominated the kernel distance, which then
+changed sign between disjoint sets of 512 noises (docs/RESULTS.md).
 The verdict is *worse* when a deciding metric's interval is above 0, *better* when the first
 deciding metric's interval is below 0 (and none is worse), else *inconclusive*. Stochastic samplers
 (eta > 0, analytic) are decided by ``kernel`` alone: the same-noise distance to an ODE reference
@@ -102,12 +106,15 @@ class Validation(BaseModel):
     looks: list[int]  # sample counts at which the rule was checked
     seed: int
     reference: ReferenceInfo
+    data_range: tuple[float, float] | None = None  # end points were clamped to it before comparing (None: as they are)
 
     def summary(self) -> str:
         """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 samples)``."""
         if self.verdict == "unchanged":
             return "no fit beat the plain sampler's times on the held-out noises of the fit: unchanged"
         level = "" if self.confidence is None else f", {self.confidence:.0%} intervals"
+        if self.data_range is not None:
+            level = f", images clamped to [{self.data_range[0]:g}, {self.data_range[1]:g}]{level}"
         parts = ", ".join(self.changes[m].describe(m) for m in self.metrics)
         return f"{parts} ({self.num_samples} held-out samples{level}): {self.verdict}"
 
@@ -169,7 +176,7 @@ def validate(
                 points_of[name].append(states[name][-1].cpu())
         done = n
         checked.append(n)
-        points = {name: torch.cat(chunks) for name, chunks in points_of.items()}
+        points = {name: eps.delivered(torch.cat(chunks)) for name, chunks in points_of.items()}
         errors = {name: (points[name] - points["reference"]).flatten(1).norm(dim=1) for name in ("baseline", "aligned")}
         changes = {"end_l2": mean_ratio_change(errors["baseline"], errors["aligned"], level),
                    "kernel": kernel_change(points["baseline"], points["aligned"], points["reference"], level)}
@@ -187,7 +194,7 @@ def validate(
         verdict=verdict, better=verdict == "better", metrics=["end_l2", "kernel"], decided_by=decided_by,
         baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},
         changes={m: MetricVerdict.of(c) for m, c in changes.items()}, confidence=settings.confidence,
-        num_samples=done, looks=checked, seed=seed,
+        num_samples=done, looks=checked, seed=seed, data_range=eps.data_range,
         reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION,
                                 nfe=reference_nfe_of(ends, settings.reference_nfe, eps.schedule), error_l2=error,
                                 error_samples=count),

@@ -671,7 +671,9 @@ def load_model(
         num_train_timesteps=spec.num_train_timesteps,
         schedule=spec,
     )
-    return LoadedModel(EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning, precision), info,
+    pixels = found.format != "gmm" and found.decoder is None  # images in [-1, 1]; a mixture's or latents' values are not
+    eps = EpsModel(net, NoiseSchedule(spec), pred, found.dtype, conditioning, precision, (-1.0, 1.0) if pixels else None)
+    return LoadedModel(eps, info,
                        tuple(int(v) for v in found.sample_shape), None if found.decoder is None else found.decoder.to(dev))
 
 

@@ -173,6 +173,7 @@ class EpsModel:
         dtype: torch.dtype = torch.float32,
         conditioning: AnyConditioning | None = None,
         precision: str | None = None,
+        data_range: tuple[float, float] | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(
@@ -184,6 +185,13 @@ class EpsModel:
         self.dtype = dtype
         self.conditioning = conditioning
         self.precision = precision  # network arithmetic (PRECISIONS, None: torch's settings); samplers stay float64
+        # the range of what a user receives (pixel models: [-1, 1], clamped like every saved image and every
+        # diffusers pipeline's output); None: end points are delivered as they are (mixtures, latents)
+        self.data_range = data_range
+
+    def delivered(self, x: torch.Tensor) -> torch.Tensor:
+        """End points as the user receives them: clamped to ``data_range`` when there is one."""
+        return x if self.data_range is None else x.clamp(*self.data_range)
 
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """The one place where internal time becomes the network's input time (identity for
