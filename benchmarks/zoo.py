@@ -2,7 +2,7 @@
 
     python benchmarks/zoo.py --table rows.jsonl     # the rows as a markdown table
     python benchmarks/zoo.py --out rows.jsonl [--zoo models/zoo] [--nfe 5 10] [--trajectories uniform quadratic]
-        [--eval-samples 512] [--eval-reference-nfe 100] [--eval-trajectories uniform] [--budget-s 3000] [--threads 2]
+        [--eval-samples 512] [--eval-reference-nfe 100] [--eval-trajectories uniform] [--eval-nfe 10] [--budget-s 3000] [--threads 2]
 
 For every zoo model x trajectory x NFE (DDIM, seed 0): the default `align` with its default verdict
 (held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=512)
     ap.add_argument("--eval-reference-nfe", type=int, default=100)
     ap.add_argument("--eval-trajectories", nargs="+", default=None, help="eval only these (default: all)")
+    ap.add_argument("--eval-nfe", type=int, nargs="+", default=None, help="eval only these NFE (default: all)")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -116,12 +117,12 @@ def main() -> None:
                     row = {"model": name, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
                            "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
-                           "reference_error": v.reference.error_l2, "eval": None}
-                    if v.verdict != "unchanged" and (args.eval_trajectories is None
-                                                     or trajectory in args.eval_trajectories):
+                           "reference_error": v.reference.error_l2, "data_range": v.data_range, "eval": None}
+                    if (v.verdict != "unchanged" and trajectory in (args.eval_trajectories or [trajectory])
+                            and nfe in (args.eval_nfe or [nfe])):
                         e = trajectory_gap(model, plan, artifact.taus, num_samples=args.eval_samples, batch_size=256,
                                            reference_nfe=args.eval_reference_nfe, seed=7)
-                        row["eval"] = {"samples": e.num_samples, "reference_nfe": e.reference_nfe,
+                        row["eval"] = {"samples": e.num_samples, "reference_nfe": e.reference_nfe, "data_range": e.data_range,
                                        "end_gap_ratio": e.end_gap_ratio, "end_gap_interval": e.end_gap_interval,
                                        "kernel_baseline": e.kernel_baseline, "kernel_aligned": e.kernel_aligned,
                                        "kernel_change_interval": e.kernel_change_interval,

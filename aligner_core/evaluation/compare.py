@@ -72,7 +72,7 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
                     reference_ends: torch.Tensor, *, seed: int, device: torch.device | str = "cpu",
                     batch_size: int = 64) -> float | None:
     """The reference's own end-point error, estimated on ``reference_ends`` (samples 0.. of
-    ``seed``) by Richardson's rule: the mean L2 to a reference with half the sub-steps from the same
+    ``seed``, delivered: ``EpsModel.delivered``) by Richardson's rule: the mean L2 to a reference with half the sub-steps from the same
     noise, divided by r^2 - 1 (r: the ratio of the step counts, about 2; the solver is of order 2;
     ``benchmarks/reference_accuracy.py`` compares this estimate with the error against a 2000-step
     solve)."""
@@ -87,7 +87,7 @@ def reference_error(eps, grid: Sequence[float], reference_nfe: int, sample_shape
         idx = range(lo, min(count, lo + batch_size))
         with torch.no_grad():
             x_T, labelled = _start(eps, seed, idx, sample_shape, device)
-            coarse = reference_solve(labelled, x_T, half, StepContext(schedule)).cpu()
+            coarse = eps.delivered(reference_solve(labelled, x_T, half, StepContext(schedule))).cpu()
         total += float((coarse - reference_ends[lo : lo + len(idx)]).flatten(1).norm(dim=1).sum())
     return total / count / ((steps / (len(half) - 1)) ** 2 - 1)
 
