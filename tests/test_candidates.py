@@ -140,3 +140,16 @@ def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, t
                  "--device", "cpu")
     one_line_error(result, 3, "the fit found no taus better than the plain sampler")
     assert not (tmp_path / "u.json").exists()
+
+
+def test_the_joint_fit_compares_delivered_end_points(tiny_ckpt):
+    """The fit's loss is the verdict's metric: a pixel model's end points clamped to its data range
+    (here so narrow that every distance is at most its width); a mixture's are left as they are."""
+    from dpm_align.aligner_core.models.loading import load_model
+
+    model = load_model(tiny_ckpt)
+    model.eps.data_range = (-0.01, 0.01)
+    grid = make_grid("uniform", 3, model.eps.schedule)
+    result = fit_taus(model.eps, model.eps.schedule, grid, "ddim", 0.0,
+                      resolve_config("default", iterations=2, eval_every=1, num_samples=8), model.sample_shape)
+    assert max(result.loss_before + result.loss_after) <= 0.02 + 1e-9  # per-sample RMS of clamped differences

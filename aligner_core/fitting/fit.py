@@ -408,8 +408,9 @@ def fit_joint(
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
     delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean over samples of the RMS
     distance of the sampler's end point to a teacher's from the same x_T (the reference solver of
-    ``compare``, ``teacher_nfe`` log-SNR-uniform steps of DPM-Solver++(2M) from t_K to t_0): the
-    verdict's end-point L2 up to a constant. Its square, used before, was steered by a few
+    ``compare``, ``teacher_nfe`` log-SNR-uniform steps of DPM-Solver++(2M) from t_K to t_0), both
+    as delivered (``EpsModel.delivered``: a pixel model's clamped to [-1, 1]; straight-through
+    gradient): the verdict's end-point L2 up to a constant. Its square, used before, was steered by a few
     heavy-tailed samples (CIFAR 16x16 patches, uniform NFE 10: held-out loss -14%, verdict +8%; with
     the distance itself: -33%). ``norm_weight`` adds the squared difference of the mean squares
     (per sample), off by default. The learning rate decays to 0 on a cosine. Deterministic samplers only.
@@ -443,14 +444,17 @@ def fit_joint(
     labels = None if cond is None else cond.random_labels(n + config.holdout, gen).to(device)
     fine, _ = reference_grid([grid[0], grid[-1]], config.teacher_nfe, schedule)
     ctx = StepContext(schedule, 0.0)
-    with torch.no_grad():
-        teacher = torch.cat([reference_solve(bind_labels(eps, b.labels), b.x_t, fine, ctx)
+    with torch.no_grad():  # the teacher's end points as delivered (a pixel model's clamped to [-1, 1])
+        teacher = torch.cat([eps.delivered(reference_solve(bind_labels(eps, b.labels), b.x_t, fine, ctx))
                              for b in Batch(x_T, None, labels).batches(max(config.batch_size, 64))])
     everything = Batch(x_T, None, labels, teacher)
     pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
+        # compared as delivered, like the verdict; the gradient passes the clamp unchanged (straight-through),
+        # so a pixel pushed out of range is still pulled back towards the teacher's
+        out = out + (eps.delivered(out) - out).detach()
         # the per-sample RMS distance (the verdict's end-point L2 up to the constant sqrt(dim)), not its
         # square: the squared distance let a few heavy-tailed samples steer the fit (docs/RESULTS.md)
         distance = ((out - batch.target).square().flatten(1).mean(1) + 1e-24).sqrt()
