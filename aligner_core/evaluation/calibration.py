@@ -6,7 +6,8 @@ reference (the end-point ratio and the kernel distance's relative change); the v
 (``validation.validate``) then judges it several times on fresh held-out seeds. A trial counts as a
 *false accept* when the verdict says better though the end-point ratio is truly >= 1 (what the
 rule bounds), a *kernel miss* when it says better though the kernel distance is truly higher (the
-kernel is a guard that refuses only what it shows worse), a *false reject* when it says worse
+kernel is a guard), a *margin miss* when the kernel distance is truly higher by more than the
+rule's margin (``NON_INFERIORITY``, what the guard bounds), a *false reject* when it says worse
 though both truths are better.
 Used by ``tests/test_verdict.py`` and ``benchmarks/verdict_calibration.py`` on the exact mixture.
 """
@@ -20,7 +21,7 @@ import torch
 
 from .compare import reference_grid, reference_solve
 from ..sampling.samplers import PerSampleNoise, StepContext, nominal_eval_times, run_sampler
-from .validation import ValidationSettings, validate
+from .validation import NON_INFERIORITY, ValidationSettings, validate
 from .verdict import kernel_change
 
 
@@ -62,6 +63,8 @@ class Rates:
     false_accepts: int = 0
     kernel_misses: int = 0  # accepted though the kernel distance is truly higher
     kernel_worse_trials: int = 0
+    margin_misses: int = 0  # accepted though the kernel distance is truly higher by more than NON_INFERIORITY
+    margin_trials: int = 0
     better_trials: int = 0  # trials of tau sets truly better on both metrics
     false_rejects: int = 0  # ... called worse
     clear_trials: int = 0  # trials of tau sets clearly better (end ratio <= 0.95, kernel not higher)
@@ -83,6 +86,9 @@ def verdict_rates(eps, grid: Sequence[float], sample_shape, family: Sequence[Seq
         if kernel > 0:
             rates.kernel_worse_trials += repeats
             rates.kernel_misses += verdicts.count("better")
+        if kernel > NON_INFERIORITY:
+            rates.margin_trials += repeats
+            rates.margin_misses += verdicts.count("better")
         if ratio < 1 and kernel <= 0:
             rates.better_trials += repeats
             rates.false_rejects += verdicts.count("worse")
