@@ -6,10 +6,10 @@ reference (the end-point ratio and the kernel distance's relative change); the v
 (``validation.validate``) then judges it several times on fresh held-out seeds. A trial counts as a
 *false accept* when the verdict says better though the end-point ratio is truly >= 1 (what the
 rule bounds; the truth's own interval, from its samples, often contains 1 for these near-ties, so
-the accepts of sets it *shows* worse are counted apart), a *kernel miss* when it says better though the kernel distance is truly higher (the
-kernel is a guard), a *margin miss* when the kernel distance is truly higher by more than the
-rule's margin (``NON_INFERIORITY``, what the guard bounds), a *false reject* when it says worse
-though both truths are better.
+the accepts of sets it *shows* worse are counted apart), a *kernel miss* when it says better
+though the kernel distance is truly higher (the kernel is a guard), a *margin miss* when that is
+higher by more than the rule's margin (``NON_INFERIORITY``, what the guard bounds), a *false
+reject* when it says worse though both truths are better.
 Used by ``tests/test_verdict.py`` and ``benchmarks/verdict_calibration.py`` on the exact mixture.
 """
 
