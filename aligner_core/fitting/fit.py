@@ -452,9 +452,9 @@ def fit_joint(
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
-        # compared as delivered, like the verdict; the gradient passes the clamp unchanged (straight-through),
-        # so a pixel pushed out of range is still pulled back towards the teacher's
-        out = out + (eps.delivered(out) - out).detach()
+        if eps.data_range is not None:  # compared as delivered, like the verdict; the gradient passes the clamp
+            # unchanged (straight-through), so a pixel pushed out of range is still pulled back towards the teacher's
+            out = out + (eps.delivered(out) - out).detach()
         # the per-sample RMS distance (the verdict's end-point L2 up to the constant sqrt(dim)), not its
         # square: the squared distance let a few heavy-tailed samples steer the fit (docs/RESULTS.md)
         distance = ((out - batch.target).square().flatten(1).mean(1) + 1e-24).sqrt()
