@@ -35,7 +35,7 @@ from .images import to_uint8
 from .sample_dir import FORMATS, SampleDir, SampleManifest
 from .errors import DpmAlignError, UsageError
 from .evaluation.features import FeatureReference
-from .fitting.fit import FitConfig, fit_taus
+from .fitting.fit import FitConfig, check_world, fit_taus
 from .sampling.gamma_cache import cached_gammas
 from .models.loading import LoadedModel
 from .evaluation.metrics import frechet_distance
@@ -145,10 +145,13 @@ def align(
     data: str | None = None,
     validation: ValidationSettings | None = None,
     progress: Progress | None = None,
+    world: World = World(),
 ) -> TauArtifact:
     """Fit taus for ``plan`` on ``model`` and return the (unwritten) artifact (keyed by ``plan``;
     on a fitted grid when the winning candidate fits it); with ``validation``, also the verdict of
-    baseline vs aligned on held-out seeds."""
+    baseline vs aligned on held-out seeds. With several ranks (torchrun) the work is split over
+    them and every rank returns the same artifact (``fit_joint``, ``validate``)."""
+    check_world(config, world)
     if data is not None and model.decoder is not None:
         raise UsageError("--data holds images but this latent pipeline is fitted in latent space on its own samples; "
                          "drop --data (and --strategy parallel)")
@@ -156,7 +159,7 @@ def align(
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
-        seed=seed, device=device, data=images, gamma=plan.gammas, progress=progress,
+        seed=seed, device=device, data=images, gamma=plan.gammas, progress=progress, world=world,
     )
     if result.grid is not None:
         plan = plan.with_grid(result.grid, model.eps.schedule)
@@ -167,7 +170,7 @@ def align(
         checked = validate(model.eps, plan.baseline_grid, plan.sampler, plan.eta, result.taus, model.sample_shape,
                            validation, batch_size=max(config.batch_size, 64), seed=seed, device=device,
                            gamma=plan.gammas, aligned_grid=plan.grid if plan.base_grid is not None else None,
-                           progress=progress)
+                           progress=progress, world=world)
     return TauArtifact(
         dpm_align_version=__version__,
         created=utc_now(),

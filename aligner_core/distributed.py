@@ -1,10 +1,11 @@
 """torch.distributed for ``torchrun``: one process per rank, work split by batch, rank 0 reports.
 
-``torchrun --nproc_per_node N -m dpm_align.cli sample ...`` sets WORLD_SIZE, RANK, LOCAL_RANK and the
+``torchrun --nproc_per_node N -m dpm_align.cli sample|eval|align ...`` sets WORLD_SIZE, RANK, LOCAL_RANK and the
 rendezvous address; ``World.start`` then joins the process group (NCCL on CUDA, gloo on CPU). Work
 is split by *global batch*: batch b (samples b*B .. b*B+B-1 for batch size B) goes to rank
 b mod N, so every batch holds the same samples whatever N is and the network sees exactly the
-batches of a one-process run. Without WORLD_SIZE > 1 everything here is a no-op (rank 0 of 1).
+batches of a one-process run. Without WORLD_SIZE > 1 everything here is a no-op (rank 0 of 1). ``align`` also splits each Adam minibatch over the ranks and sums the gradients
+(``all_reduce``), so every rank takes the same optimizer steps.
 """
 
 from __future__ import annotations
@@ -17,13 +18,6 @@ import torch
 import torch.distributed as dist
 
 from .errors import UsageError
-
-
-def refuse_world(command: str) -> None:
-    """``command`` runs in one process only: refuse a torchrun launch (WORLD_SIZE > 1) before any work."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError(f"{command} does not run on torchrun yet (every rank would do the same work and write the "
-                         f"same files); run it as one process: dpm-align {command} ...")
 
 
 @dataclass(frozen=True)
@@ -68,6 +62,31 @@ class World:
         out = [None] * self.size if self.is_main else None
         dist.gather_object(value, out, dst=0)
         return out
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable) on every rank, in rank order."""
+        if self.size == 1:
+            return [value]
+        out = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over the ranks, in place (and returned)."""
+        if self.size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def all_gather_batches(self, mine: list[tuple[int, Any]]) -> list[Any]:
+        """Every rank's (global batch number, value) pairs, on every rank: the values in batch order."""
+        pairs = [pair for part in self.all_gather(mine) for pair in part]
+        return [value for _, value in sorted(pairs, key=lambda item: item[0])]
+
+    def sum(self, value: float) -> float:
+        """The sum of a number over the ranks."""
+        if self.size == 1:
+            return value
+        return float(sum(self.all_gather(float(value))))
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""

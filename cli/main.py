@@ -41,7 +41,7 @@ from dpm_align.aligner_core.errors import NotBetterError, UsageError
 from dpm_align.aligner_core.artifacts.exports import export_schedule
 from dpm_align.aligner_core.evaluation.features import FeatureNet, feature_reference
 from dpm_align.aligner_core.fitting.fit import JOINT_CANDIDATES, resolve_config
-from dpm_align.aligner_core.distributed import World, refuse_world
+from dpm_align.aligner_core.distributed import World
 from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
@@ -249,20 +249,24 @@ def align_cmd(
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
                             batch_size=batch_size, candidates=_candidates(candidates))
-    refuse_world("align")
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
         ensure_writable(out)  # before loading the model: fail fast
-    loaded, dev = spec.load(device)
-    plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
-    if not no_cache:
-        ensure_writable(cache_path(plan.key(loaded)), CACHE_FIX)
-    with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet) as progress:
-        artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress,
-                         validation=ValidationSettings(validation_samples, validation_max_samples, validation_reference_nfe,
-                                                       confidence, validation_budget) if not no_validate else None)
+    with spec.load_on_world(device, None) as (loaded, dev, world):
+        plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
+        if not no_cache:
+            ensure_writable(cache_path(plan.key(loaded)), CACHE_FIX)
+        with progress_bar(f"aligning {plan.sampler} {plan.label} nfe={plan.nfe}", quiet or not world.is_main) as progress:
+            artifact = align(loaded, plan, config, seed=seed, device=dev, data=data, progress=progress, world=world,
+                             validation=ValidationSettings(validation_samples, validation_max_samples,
+                                                           validation_reference_nfe, confidence, validation_budget)
+                             if not no_validate else None)
     problem = not_better_message(artifact)
+    if not world.is_main:  # every rank holds the same artifact; rank 0 writes and reports it
+        if problem and not keep_worse:
+            raise typer.Exit(NotBetterError.exit_code)
+        return
     written: list[str] = []
     if keep_worse or not problem:  # the cache entry first (under its lock), then --out
         if not no_cache:
@@ -271,7 +275,7 @@ def align_cmd(
             written.append(str(write_artifact(artifact, out)))
     if json_out:
         emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
-                   "artifact": artifact.model_dump(mode="json")})
+                   "world_size": world.size, "artifact": artifact.model_dump(mode="json")})
     else:
         _print_table(artifact)
         for path in written:

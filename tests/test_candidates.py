@@ -153,3 +153,20 @@ def test_the_joint_fit_compares_delivered_end_points(tiny_ckpt):
     result = fit_taus(model.eps, model.eps.schedule, grid, "ddim", 0.0,
                       resolve_config("default", iterations=2, eval_every=1, num_samples=8), model.sample_shape)
     assert max(result.loss_before + result.loss_after) <= 0.02 + 1e-9  # per-sample RMS of clamped differences
+
+
+def test_grid_and_taus_continue_with_their_own_step_count(gmm_eps):
+    """``continue_iterations``: the Adam steps of grid+taus, which continues from the taus' fit
+    (benchmarks/fit_budget.py compares budgets); None keeps ``iterations`` for both."""
+    grid = make_grid("uniform", 3, gmm_eps.schedule)
+    for continued, expected in ((5, {"taus": 2, "grid+taus": 5}), (None, {"taus": 2, "grid+taus": 2})):
+        seen: dict[str, int] = {}
+
+        def progress(done, total, message):
+            if message.startswith("joint "):
+                seen[message.split(":")[0][len("joint "):]] = total
+
+        fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0,
+                 resolve_config("default", iterations=2, continue_iterations=continued, num_samples=8), SHAPE,
+                 progress=progress)
+        assert seen == expected

@@ -24,6 +24,7 @@ shown better.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -32,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .compare import REFERENCE_DESCRIPTION, paired_trajectories, reference_error, reference_nfe_of
+from ..distributed import World
 from ..progress import Progress
 from ..sampling.samplers import is_stochastic
 from .verdict import Change, Verdict, kernel_change, mean_ratio_change
@@ -155,9 +157,12 @@ def validate(
     gamma=None,
     aligned_grid: Sequence[float] | None = None,
     progress: Progress | None = None,
+    world: World = World(),
 ) -> Validation:
     """Baseline (the plain sampler on ``grid``) vs the taus (on ``aligned_grid`` when the grid was
-    fitted) on held-out seeds, looking at more samples while the verdict is inconclusive."""
+    fitted) on held-out seeds, looking at more samples while the verdict is inconclusive. With
+    several ranks, batch b of a look is made by rank b mod N and every rank gathers all end points,
+    so every rank reaches the one-process verdict."""
     seed = seed + HELD_OUT_SEED_OFFSET
     candidates = {"baseline": None, "aligned": taus if aligned_grid is None else (aligned_grid, taus)}
     ends = [grid[0], grid[-1]]  # the reference solves [t_K, t_0] in one piece: only end points are compared
@@ -169,11 +174,17 @@ def validate(
     for look, n in enumerate(looks):
         if progress:
             progress(look, len(looks), f"validating on {n} held-out samples")
-        for states in paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape, num_samples=n - done,
-                                          reference_nfe=settings.reference_nfe, seed=seed, device=device,
-                                          batch_size=batch_size, gamma=gamma, start=done, ends_only=True):
+        mine = []
+        for b in world.batches(math.ceil((n - done) / batch_size)):
+            lo = done + b * batch_size
+            (states,) = paired_trajectories(eps, grid, sampler, eta, candidates, sample_shape,
+                                            num_samples=min(batch_size, n - lo), reference_nfe=settings.reference_nfe,
+                                            seed=seed, device=device, batch_size=batch_size, gamma=gamma, start=lo,
+                                            ends_only=True)
+            mine.append((lo, {name: states[name][-1].cpu() for name in points_of}))
+        for batch_ends in world.all_gather_batches(mine):
             for name in points_of:
-                points_of[name].append(states[name][-1].cpu())
+                points_of[name].append(batch_ends[name])
         done = n
         checked.append(n)
         points = {name: eps.delivered(torch.cat(chunks)) for name, chunks in points_of.items()}
@@ -185,11 +196,11 @@ def validate(
         following = looks[look + 1] if look + 1 < len(looks) else None
         if verdict != "inconclusive" or following is None:
             break
-        if settings.budget_s is not None and elapsed * following / n > settings.budget_s:
-            break
+        if world.broadcast(settings.budget_s is not None and elapsed * following / n > settings.budget_s):
+            break  # rank 0's clock decides for all
     count = min(REFERENCE_ERROR_SAMPLES, done)
-    error = reference_error(eps, ends, settings.reference_nfe, sample_shape, points["reference"][:count], seed=seed,
-                            device=device, batch_size=batch_size)
+    error = world.broadcast(reference_error(eps, ends, settings.reference_nfe, sample_shape, points["reference"][:count],
+                                            seed=seed, device=device, batch_size=batch_size) if world.is_main else None)
     return Validation(
         verdict=verdict, better=verdict == "better", metrics=["end_l2", "kernel"], decided_by=decided_by,
         baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},

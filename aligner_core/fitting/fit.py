@@ -25,6 +25,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..distributed import World
 from ..errors import UsageError
 from ..progress import Progress
 from ..evaluation.compare import reference_grid, reference_solve, refine_grid
@@ -55,6 +56,9 @@ class FitConfig(BaseModel):
         "alone; the grid needs ddim); the one with the lowest held-out loss wins. None: taus and grid+taus for ddim, else taus")
     holdout: int = Field(32, ge=1, description="joint objective: held-out noises that pick the best iterate and candidate")
     eval_every: int = Field(10, ge=1, description="joint objective: Adam steps between held-out evaluations")
+    continue_iterations: int | None = Field(
+        None, ge=1, description="joint objective: Adam steps of a candidate that continues another's fit (grid+taus "
+        "after taus); None: iterations")
     norm_weight: float = Field(0.0, ge=0, description="joint objective: weight of the per-sample squared difference of "
                                 "mean squares (end point vs teacher), a term against shrunken samples (off by default: "
                                 "on heavy-tailed models it outweighed the distance, docs/RESULTS.md)")
@@ -287,9 +291,11 @@ def fit_taus(
     data: torch.Tensor | None = None,
     gamma: Callable[[float], float] | None = None,
     progress: Progress | None = None,
+    world: World = World(),
 ) -> FitResult:
     """Fit one tau per network evaluation along ``grid`` (sampling order): step by step from t_K,
-    and within a step one evaluation at a time. Same seed + device -> same taus."""
+    and within a step one evaluation at a time. Same seed + device -> same taus. With several
+    ranks (torchrun) only the joint objective runs, its work split over them (``fit_joint``)."""
     spec = get_sampler(sampler)
     stochastic = is_stochastic(sampler, eta)
     if objective_needs_eta0(config.objective) and stochastic:
@@ -300,7 +306,9 @@ def fit_taus(
         raise UsageError(f"fitting the grid (--candidates {','.join(grid_candidates)}) supports the ddim sampler only, "
                          f"not {sampler}; use --candidates taus")
     if config.objective == "joint":
-        return fit_joint(eps, schedule, grid, sampler, config, sample_shape, seed=seed, device=device, progress=progress)
+        return fit_joint(eps, schedule, grid, sampler, config, sample_shape, seed=seed, device=device, progress=progress,
+                         world=world)
+    check_world(config, world)
     if config.strategy == "parallel" and data is None:
         raise UsageError("the parallel strategy needs data: pass --data (an image folder, an .npz, or mnist|cifar10|digits)")
     start = time.perf_counter()
@@ -387,6 +395,13 @@ def fit_taus(
     return FitResult(taus, before, after, time.perf_counter() - start)
 
 
+def check_world(config: FitConfig, world: World) -> None:
+    """Several ranks split the joint fit only; refuse the per-step fits there (before any work)."""
+    if world.size > 1 and config.objective != "joint":
+        raise UsageError(f"on torchrun, align fits with the joint objective only (the default for deterministic samplers), "
+                         f"not {config.objective}/{config.optimizer}; run this fit as one process: dpm-align align ...")
+
+
 JOINT_CANDIDATES = ("taus", "grid+taus", "grid")
 DEFAULT_CANDIDATES = ("taus", "grid+taus")  # ddim; "grid" alone rarely won on the mixture (docs/RESULTS.md)
 POOL_PER_PARAMETER = 4  # fitting noises per fitted number, at least
@@ -404,6 +419,7 @@ def fit_joint(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    world: World = World(),
 ) -> FitResult:
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
     delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean over samples of the RMS
@@ -423,7 +439,12 @@ def fit_joint(
     Every ``eval_every`` steps the loss on ``holdout`` further noises (teacher from the same x_T) is
     measured; each candidate keeps its best iterate, the plain sampler (iterate 0) included, and the
     candidate with the lowest held-out loss wins. ``loss_before`` / ``loss_after`` hold the held-out
-    loss of the plain sampler and of the winner for every evaluation."""
+    loss of the plain sampler and of the winner for every evaluation.
+
+    With several ranks (torchrun): teacher and held-out batches go to rank b mod N (the batches of
+    one process, so the same teacher); each Adam minibatch (the same indices on every rank) is split
+    over the ranks and the gradients summed, so every rank takes the same steps; the taus equal one
+    process's up to the order of floating-point sums."""
     start = time.perf_counter()
     spec = get_sampler(sampler)
     names = config.candidates or (DEFAULT_CANDIDATES if sampler == "ddim" else ("taus",))
@@ -444,9 +465,11 @@ def fit_joint(
     labels = None if cond is None else cond.random_labels(n + config.holdout, gen).to(device)
     fine, _ = reference_grid([grid[0], grid[-1]], config.teacher_nfe, schedule)
     ctx = StepContext(schedule, 0.0)
+    starts = list(Batch(x_T, None, labels).batches(max(config.batch_size, 64)))
     with torch.no_grad():  # the teacher's end points as delivered (a pixel model's clamped to [-1, 1])
-        teacher = torch.cat([eps.delivered(reference_solve(bind_labels(eps, b.labels), b.x_t, fine, ctx))
-                             for b in Batch(x_T, None, labels).batches(max(config.batch_size, 64))])
+        mine = [(b, eps.delivered(reference_solve(bind_labels(eps, starts[b].labels), starts[b].x_t, fine, ctx)).cpu())
+                for b in world.batches(len(starts))]
+    teacher = torch.cat(world.all_gather_batches(mine)).to(device)
     everything = Batch(x_T, None, labels, teacher)
     pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
@@ -463,9 +486,12 @@ def fit_joint(
         power, target_power = out.square().flatten(1).mean(1), batch.target.square().flatten(1).mean(1)
         return distance + config.norm_weight * (power - target_power).square()
 
+    held_batches = list(holdout.batches(max(config.batch_size, 64)))  # no gradients: batches as large as the teacher's
+
     def holdout_loss(g: torch.Tensor, taus: torch.Tensor) -> float:
         with torch.no_grad():
-            return sum(float(losses(b, g, taus).sum()) for b in holdout.batches(config.batch_size)) / holdout.size
+            total = sum(float(losses(held_batches[b], g, taus).sum()) for b in world.batches(len(held_batches)))
+        return world.sum(total) / holdout.size
 
     plain = holdout_loss(base, nominal)
     fits: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}
@@ -473,7 +499,7 @@ def fit_joint(
         # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
         warm = fits["taus"] if name == "grid+taus" and "taus" in fits else None
         fits[name] = _fit_candidate(name, k, base, nominal, widths * free, warm, pool, losses, holdout_loss, plain,
-                                    config, seed, progress)
+                                    config, seed, progress, world)
     winner = min(fits, key=lambda name: fits[name][0].holdout_loss)
     result, fitted_grid, fitted = fits[winner]
     if progress:
@@ -487,7 +513,7 @@ def fit_joint(
 
 def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Tensor, widths: torch.Tensor,
                    start: tuple | None, pool: Batch, losses, holdout_loss, plain: float, config: FitConfig, seed: int,
-                   progress: Progress | None) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
+                   progress: Progress | None, world: World) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
     """Adam on one candidate's parameters (see ``fit_joint``), from the plain times or from ``start``
     (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss. ``widths``
     is 0 for the evaluations whose tau stays at t."""
@@ -511,19 +537,30 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
 
     best = (CandidateFit(holdout_loss=plain, best_iteration=0), base, nominal) if start is None else \
         (CandidateFit(holdout_loss=start[0].holdout_loss, best_iteration=0), base, start[2])
-    opt = torch.optim.Adam([p for p in (delta, logits) if p.requires_grad], lr=config.lr)
+    iterations = config.iterations if start is None or config.continue_iterations is None else config.continue_iterations
+    params = [p for p in (delta, logits) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
     # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
     # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations)
-    for it in range(1, config.iterations + 1):
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    for it in range(1, iterations + 1):
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
-        g = grid_of(logits)
-        loss = losses(batch, g, taus_of(g, delta)).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world.size == 1:
+            g = grid_of(logits)
+            losses(batch, g, taus_of(g, delta)).mean().backward()
+        else:  # this rank's share of the minibatch; the gradients of the minibatch mean, summed over the ranks
+            part = batch.select(slice(world.rank, None, world.size))
+            if part.size:
+                g = grid_of(logits)
+                (losses(part, g, taus_of(g, delta)).sum() / batch.size).backward()
+            for p in params:
+                if p.grad is None:  # a rank without samples in this minibatch adds nothing
+                    p.grad = torch.zeros_like(p)
+                world.all_reduce(p.grad)
         opt.step()
         decay.step()
-        if it % config.eval_every == 0 or it == config.iterations:
+        if it % config.eval_every == 0 or it == iterations:
             with torch.no_grad():
                 g = grid_of(logits.detach())
                 taus = taus_of(g, delta.detach())
@@ -531,5 +568,5 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
             if held < best[0].holdout_loss:
                 best = (CandidateFit(holdout_loss=held, best_iteration=it), g, taus)
             if progress:
-                progress(it, config.iterations, f"joint {name}: step {it}/{config.iterations}, held-out loss {held:.4g}")
+                progress(it, iterations, f"joint {name}: step {it}/{iterations}, held-out loss {held:.4g}")
     return best

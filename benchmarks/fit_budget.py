@@ -1,0 +1,92 @@
+"""How many Adam steps does the default joint fit need? Fit budgets side by side, judged on the same noises.
+
+    python benchmarks/fit_budget.py --out rows.jsonl [--settings demo:uniform:10 cifar-patch16-diffusers:uniform:10 ...]
+        [--budgets 50/50 30/30 20/40] [--samples 256] [--reference-nfe 100] [--threads 2]
+
+A budget ``a/b`` is ``a`` Adam steps for the taus alone and ``b`` for grid+taus, which continues
+from the taus' fit (``FitConfig.iterations`` / ``continue_iterations``); everything else is the
+default fit. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
+model, other names are in ``models/zoo``) each budget is fitted, then all of them and the plain
+sampler are run from the same ``--samples`` held-out noises (the verdict's seeds) against one
+reference. Printed per budget: fit seconds and their ratio to the first budget's (measured in the
+same run), the winning candidate, the end-point change against the plain sampler, and the paired
+ratio of its end-point error to the first budget's, with 95% intervals. Rows are appended to
+``--out`` as they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dpm_align.aligner_core.api import SamplingPlan
+from dpm_align.aligner_core.evaluation.compare import paired_trajectories
+from dpm_align.aligner_core.evaluation.validation import HELD_OUT_SEED_OFFSET
+from dpm_align.aligner_core.evaluation.verdict import mean_ratio_change
+from dpm_align.aligner_core.fitting.fit import fit_taus, resolve_config
+from dpm_align.aligner_core.models.loading import load_model
+
+DEFAULT_SETTINGS = ["demo:uniform:10", "cifar-patch16-diffusers:uniform:10", "mnist16-v-cosine:uniform:5",
+                    "digits8-eps-linear:uniform:5", "textures16-eps-linear:uniform:5", "mnist16-eps-scaledlin:uniform:10"]
+
+
+def model_path(name: str, zoo: Path) -> str | None:
+    if name == "demo":
+        return None
+    weights = zoo / name / "model.safetensors"
+    return str(weights if weights.is_file() else zoo / name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--zoo", type=Path, default=Path("models/zoo"))
+    ap.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
+    ap.add_argument("--budgets", nargs="+", default=["50/50", "30/30", "20/40"])
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--reference-nfe", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    budgets = [tuple(int(v) for v in b.split("/")) for b in args.budgets]
+    for setting in args.settings:
+        name, trajectory, nfe = setting.split(":")
+        model = load_model(model_path(name, args.zoo))
+        plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, int(nfe))
+        candidates, fits = {"plain": None}, {}
+        for taus_steps, grid_steps in budgets:
+            label = f"{taus_steps}/{grid_steps}"
+            config = resolve_config("default", iterations=taus_steps, continue_iterations=grid_steps)
+            start = time.perf_counter()
+            result = fit_taus(model.eps, model.eps.schedule, plan.grid, "ddim", 0.0, config, model.sample_shape)
+            fits[label] = (time.perf_counter() - start, result.candidate)
+            candidates[label] = result.taus if result.grid is None else (result.grid, result.taus)
+        errors: dict[str, list[torch.Tensor]] = {k: [] for k in candidates}
+        for states in paired_trajectories(model.eps, plan.grid, "ddim", 0.0, candidates, model.sample_shape,
+                                          num_samples=args.samples, reference_nfe=args.reference_nfe,
+                                          seed=HELD_OUT_SEED_OFFSET, ends_only=True):
+            reference = model.eps.delivered(states["reference"][-1])
+            for k in candidates:
+                errors[k].append((model.eps.delivered(states[k][-1]) - reference).flatten(1).norm(dim=1))
+        errors = {k: torch.cat(v) for k, v in errors.items()}
+        first = next(iter(fits))
+        for label, (seconds, winner) in fits.items():
+            vs_plain = mean_ratio_change(errors["plain"], errors[label], 0.95)
+            vs_first = mean_ratio_change(errors[first], errors[label], 0.95)
+            row = {"setting": setting, "budget": label, "fit_s": round(seconds, 1),
+                   "fit_s_ratio": round(seconds / fits[first][0], 3), "candidate": winner, "samples": args.samples,
+                   "end_change": vs_plain.change, "end_interval": [vs_plain.low, vs_plain.high],
+                   "vs_first": vs_first.change, "vs_first_interval": [vs_first.low, vs_first.high]}
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{setting:40s} {label:>6s} fit {seconds:6.1f} s (x{row['fit_s_ratio']:.2f}) {winner:10s} "
+                  f"end vs plain {vs_plain.change:+.1%} [{vs_plain.low:+.1%}, {vs_plain.high:+.1%}]  "
+                  f"vs {first}: {vs_first.change:+.1%} [{vs_first.low:+.1%}, {vs_first.high:+.1%}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
