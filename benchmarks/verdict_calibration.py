@@ -2,10 +2,10 @@
 
     python benchmarks/verdict_calibration.py [--model gmm:dim=16,components=4,seed=3] [--nfe 5 10]
         [--trajectories uniform quadratic] [--directions 16] [--scales 0.01 0.03 0.1 0.3] [--repeats 3]
-        [--samples 128 512] [--reference-nfe 100] [--threads 2]
+        [--samples 128 512] [--reference-nfe 100] [--truth-samples 2048] [--threads 2]
 
 Per grid: tau sets perturbed around the plain times (``calibration.perturbed_taus``), each one's
-truth from 2048 samples, each judged --repeats times on fresh held-out seeds by the default rule
+truth from --truth-samples noises (the kernel's from 2048 of them), each judged --repeats times on fresh held-out seeds by the default rule
 (first look and last look from --samples). Prints the counts and the one-sided 95% Clopper-Pearson
 upper bound of the false-accept rate over all grids. False accepts count tau sets whose end-point
 error is truly not lower; kernel misses, accepted sets whose kernel distance is truly higher, and
@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--samples", type=int, nargs=2, default=[128, 512], help="first and last look (align's default)")
     ap.add_argument("--reference-nfe", type=int, default=100, help="evaluations of the verdict's reference (align's default)")
+    ap.add_argument("--truth-samples", type=int, default=2048,
+                    help="noises of each tau set's truth (more: fewer near-ties the truth cannot place on a side of 1)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,12 +56,12 @@ def main() -> None:
     settings = ValidationSettings(args.samples[0], args.samples[1], args.reference_nfe)
     total = Rates()
     print(f"{args.model}, ddim, verdict looks {settings.looks()}, reference {args.reference_nfe} evaluations, "
-          f"{args.repeats} verdicts per tau set")
+          f"{args.repeats} verdicts per tau set, truth from {args.truth_samples} noises")
     for trajectory in args.trajectories:
         for nfe in args.nfe:
             grid = make_grid(trajectory, nfe, model.eps.schedule)
             family = perturbed_taus(grid, model.eps.schedule, args.directions, args.scales)
-            r = verdict_rates(model.eps, grid, model.sample_shape, family, Truth(model.eps, grid, model.sample_shape),
+            r = verdict_rates(model.eps, grid, model.sample_shape, family, Truth(model.eps, grid, model.sample_shape, args.truth_samples),
                               settings, args.repeats)
             for name in ("null_trials", "false_accepts", "worse_trials", "worse_accepts", "kernel_worse_trials", "kernel_misses", "margin_trials",
                          "margin_misses", "better_trials", "false_rejects", "clear_trials", "clear_accepts"):
