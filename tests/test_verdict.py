@@ -8,7 +8,7 @@ import torch
 from dpm_align.aligner_core.evaluation.calibration import Truth, perturbed_taus, verdict_rates
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from dpm_align.aligner_core.evaluation.validation import NON_INFERIORITY, ValidationSettings, decide, validate
+from dpm_align.aligner_core.evaluation.validation import MIN_IMPROVEMENT, NON_INFERIORITY, ValidationSettings, decide, validate
 from dpm_align.aligner_core.evaluation.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
@@ -66,6 +66,11 @@ def test_decision_rule():
     assert decide({"end_l2": better, "kernel": wide}, ["end_l2", "kernel"]) == "inconclusive"
     edge = Change(1, 1.0, 0.0, -0.2, NON_INFERIORITY, "inconclusive")
     assert decide({"end_l2": better, "kernel": edge}, ["end_l2", "kernel"]) == "better"
+    # shown better, but not by the 1% improvement margin: look again
+    slight = Change(1, 0.995, -0.005, -0.009, MIN_IMPROVEMENT * -0.5, "better")
+    assert decide({"end_l2": slight, "kernel": edge}, ["end_l2", "kernel"]) == "inconclusive"
+    enough = Change(1, 0.98, -0.02, -0.03, -MIN_IMPROVEMENT, "better")
+    assert decide({"end_l2": enough, "kernel": edge}, ["end_l2", "kernel"]) == "better"
 
 
 def test_looks_double_up_to_the_maximum():
