@@ -546,7 +546,7 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
     for it in range(1, iterations + 1):
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
         opt.zero_grad(set_to_none=True)
-        if world.size == 1:
+        if world.size == 1:  # one process: the minibatch mean, exactly as before torchrun support
             g = grid_of(logits)
             losses(batch, g, taus_of(g, delta)).mean().backward()
         else:  # this rank's share of the minibatch; the gradients of the minibatch mean, summed over the ranks
