@@ -152,10 +152,8 @@ def align(
     baseline vs aligned on held-out seeds. With several ranks (torchrun) the work is split over
     them and every rank returns the same artifact (``fit_joint``, ``validate``)."""
     check_world(config, world)
-    if data is not None and model.decoder is not None:
-        raise UsageError("--data holds images but this latent pipeline is fitted in latent space on its own samples; "
-                         "drop --data (and --strategy parallel)")
-    images = load_data(data, model.sample_shape) if data is not None else None
+    images = None if data is None else load_data(data, model.sample_shape) if model.decoder is None else \
+        model.decoder.encode(load_data(data, model.decoder.image_shape(model.sample_shape)))  # latent x_0 (Eq. 8)
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,
@@ -190,6 +188,7 @@ def align(
             seed=seed,
             device=str(device),
             dtype=str(model.eps.dtype).replace("torch.", ""),
+            precision=model.eps.precision,
             loss_before=result.loss_before,
             loss_after=result.loss_after,
             candidate=result.candidate,

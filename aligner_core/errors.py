@@ -61,4 +61,5 @@ def from_environment(exc: BaseException) -> DpmAlignError | None:
     size = re.search(r"tried to allocate (\S+(?: [A-Za-z]+)?)", text, re.IGNORECASE)
     what = f", tried to allocate {size.group(1)}" if size else ""
     return OutOfMemoryError(f"out of memory ({kind}{what}); lower --batch-size (align: its teacher and verdict run "
-                            "batches of at least 64), or use a smaller model or another --device")
+                            "batches of at least 64; --gradient-checkpointing shrinks its fit), or use a smaller model "
+                            "or another --device")

@@ -4,9 +4,10 @@
         [--budgets 50/50 30/30 20/40] [--samples 256] [--reference-nfe 100] [--threads 2]
 
 A budget ``a/b`` is ``a`` Adam steps for the taus alone and ``b`` for grid+taus, which continues
-from the taus' fit (``FitConfig.iterations`` / ``continue_iterations``); everything else is the
-default fit. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
-model, other names are in ``models/zoo``) each budget is fitted, then all of them and the plain
+from the taus' fit (``FitConfig.iterations`` / ``continue_iterations``), run to the end; ``a/bpN``
+stops a candidate after N held-out checks in a row without a gain (``FitConfig.patience``);
+everything else is the default fit. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
+model, ``gmm...`` a mixture spec, other names are in ``models/zoo``) each budget is fitted, then all of them and the plain
 sampler are run from the same ``--samples`` held-out noises (the verdict's seeds) against one
 reference. Printed per budget: fit seconds and their ratio to the first budget's (measured in the
 same run), the winning candidate, the end-point change against the plain sampler, and the paired
@@ -37,8 +38,17 @@ DEFAULT_SETTINGS = ["demo:uniform:10", "cifar-patch16-diffusers:uniform:10", "mn
 def model_path(name: str, zoo: Path) -> str | None:
     if name == "demo":
         return None
+    if name.startswith("gmm"):
+        return name
     weights = zoo / name / "model.safetensors"
     return str(weights if weights.is_file() else zoo / name)
+
+
+def parse_budget(text: str) -> tuple[int, int, int | None]:
+    """``a/b`` or ``a/bpN``: Adam steps of the taus and of grid+taus, and the patience (None: none)."""
+    steps, _, patience = text.partition("p")
+    taus_steps, grid_steps = (int(v) for v in steps.split("/"))
+    return taus_steps, grid_steps, int(patience) if patience else None
 
 
 def main() -> None:
@@ -52,18 +62,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    budgets = [tuple(int(v) for v in b.split("/")) for b in args.budgets]
+    budgets = [parse_budget(b) for b in args.budgets]
     for setting in args.settings:
-        name, trajectory, nfe = setting.split(":")
+        name, trajectory, nfe = setting.rsplit(":", 2)
         model = load_model(model_path(name, args.zoo))
         plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, int(nfe))
         candidates, fits = {"plain": None}, {}
-        for taus_steps, grid_steps in budgets:
-            label = f"{taus_steps}/{grid_steps}"
-            config = resolve_config("default", iterations=taus_steps, continue_iterations=grid_steps)
+        for label, (taus_steps, grid_steps, patience) in zip(args.budgets, budgets):
+            config = resolve_config("default", iterations=taus_steps, continue_iterations=grid_steps).model_copy(
+                update={"patience": patience})
             start = time.perf_counter()
             result = fit_taus(model.eps, model.eps.schedule, plan.grid, "ddim", 0.0, config, model.sample_shape)
-            fits[label] = (time.perf_counter() - start, result.candidate)
+            fits[label] = (time.perf_counter() - start, result.candidate,
+                           {k: [c.steps, c.best_iteration, c.holdout_loss] for k, c in result.candidates.items()})
             candidates[label] = result.taus if result.grid is None else (result.grid, result.taus)
         errors: dict[str, list[torch.Tensor]] = {k: [] for k in candidates}
         for states in paired_trajectories(model.eps, plan.grid, "ddim", 0.0, candidates, model.sample_shape,
@@ -74,18 +85,19 @@ def main() -> None:
                 errors[k].append((model.eps.delivered(states[k][-1]) - reference).flatten(1).norm(dim=1))
         errors = {k: torch.cat(v) for k, v in errors.items()}
         first = next(iter(fits))
-        for label, (seconds, winner) in fits.items():
+        for label, (seconds, winner, steps) in fits.items():
             vs_plain = mean_ratio_change(errors["plain"], errors[label], 0.95)
             vs_first = mean_ratio_change(errors[first], errors[label], 0.95)
             row = {"setting": setting, "budget": label, "fit_s": round(seconds, 1),
-                   "fit_s_ratio": round(seconds / fits[first][0], 3), "candidate": winner, "samples": args.samples,
+                   "fit_s_ratio": round(seconds / fits[first][0], 3), "candidate": winner, "steps_best_holdout": steps, "samples": args.samples,
                    "end_change": vs_plain.change, "end_interval": [vs_plain.low, vs_plain.high],
                    "vs_first": vs_first.change, "vs_first_interval": [vs_first.low, vs_first.high]}
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{setting:40s} {label:>6s} fit {seconds:6.1f} s (x{row['fit_s_ratio']:.2f}) {winner:10s} "
                   f"end vs plain {vs_plain.change:+.1%} [{vs_plain.low:+.1%}, {vs_plain.high:+.1%}]  "
-                  f"vs {first}: {vs_first.change:+.1%} [{vs_first.low:+.1%}, {vs_first.high:+.1%}]", flush=True)
+                  f"vs {first}: {vs_first.change:+.1%} [{vs_first.low:+.1%}, {vs_first.high:+.1%}]  "
+                  f"steps/best: {' '.join(f'{k} {v[0]}/{v[1]}' for k, v in steps.items())}", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.models.loading import load_model, resolve_device
+from dpm_align.aligner_core.resources import peak_memory
 from dpm_align.aligner_core.models.model import PRECISIONS, TextConditioning, check_precision
 from dpm_align.aligner_core.models.pipelines import read_prompts
 from dpm_align.aligner_core.sample_dir import FORMATS
@@ -232,6 +233,9 @@ def align_cmd(
     out: Annotated[Optional[Path], typer.Option(help="also write the artifact here")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
     candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]", rich_help_panel="Fit")] = None,
+    patience: Annotated[Optional[int], typer.Option(min=0, help="joint fits: stop a candidate after this many held-out checks (every 10 steps) in a row without a gain, for a faster fit that can miss late gains [default: 0 = run every step]", rich_help_panel="Fit")] = None,
+    precision: PrecisionOpt = "fp32",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; about a third more fitting time; same taus)", rich_help_panel="Fit")] = False,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="skip the verdict (baseline vs aligned on held-out seeds after fitting)", rich_help_panel="Verdict")] = False,
     validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look", rich_help_panel="Verdict")] = 128,
     validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many", rich_help_panel="Verdict")] = 512,
@@ -248,12 +252,13 @@ def align_cmd(
     sampler = sampling.sampler or DEFAULT_SAMPLER
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
-                            batch_size=batch_size, candidates=_candidates(candidates))
+                            batch_size=batch_size, candidates=_candidates(candidates), patience=patience,
+                            checkpointing=gradient_checkpointing or None)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
         ensure_writable(out)  # before loading the model: fail fast
-    with spec.load_on_world(device, None) as (loaded, dev, world):
+    with spec.load_on_world(device, precision) as (loaded, dev, world):
         plan = SamplingPlan.make_with_defaults(loaded.eps.schedule, **asdict(sampling))
         if not no_cache:
             ensure_writable(cache_path(plan.key(loaded)), CACHE_FIX)
@@ -267,6 +272,7 @@ def align_cmd(
         if problem and not keep_worse:
             raise typer.Exit(NotBetterError.exit_code)
         return
+    peak = peak_memory(dev)
     written: list[str] = []
     if keep_worse or not problem:  # the cache entry first (under its lock), then --out
         if not no_cache:
@@ -275,9 +281,11 @@ def align_cmd(
             written.append(str(write_artifact(artifact, out)))
     if json_out:
         emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
-                   "world_size": world.size, "artifact": artifact.model_dump(mode="json")})
+                   "world_size": world.size, "peak_memory": peak.model_dump(mode="json"),
+                   "artifact": artifact.model_dump(mode="json")})
     else:
         _print_table(artifact)
+        typer.echo(peak.describe())
         for path in written:
             typer.echo(f"wrote {path}")
     if problem and not keep_worse:
@@ -346,14 +354,15 @@ def sample_cmd(
         "prompts": spec.prompt_list() if isinstance(loaded.eps.conditioning, TextConditioning) else None,
         "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
         "precision": precision, "generated": run.generated, "already_present": run.already_present,
-        "world_size": run.world_size, "seconds": run.seconds,
+        "world_size": run.world_size, "seconds": run.seconds, "peak_memory": peak_memory(dev).model_dump(mode="json"),
     }
     if json_out:
         emit_json(summary)
     else:
         kept = f", {run.already_present} already there" if run.already_present else ""
         typer.echo(f"wrote {run.generated} samples{kept} ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
-                   f"{plan.label} nfe={plan.nfe}, {run.world_size} process(es), {run.seconds:.1f}s) to {out}"
+                   f"{plan.label} nfe={plan.nfe}, {run.world_size} process(es), {run.seconds:.1f}s, "
+                   f"{peak_memory(dev).describe()} on rank 0) to {out}"
                    + "".join(f"; {name}: {path}" for name, path in run.files.items() if name in ("grid", "npz")))
 
 
@@ -394,7 +403,8 @@ def _print_table(artifact) -> None:
         table.add_row(*row)
     stdout.print(table)
     typer.echo(f"model: {artifact.model.source} ({artifact.model.format}, sha256 {artifact.model.sha256[:16]}…); "
-               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer} on {artifact.fit.device}")
+               f"fit: {artifact.fit.strategy}/{artifact.fit.objective}/{artifact.fit.optimizer} on {artifact.fit.device}"
+               + (f" ({artifact.fit.precision})" if artifact.fit.precision not in (None, "fp32") else ""))
     c = artifact.conditioning
     if isinstance(c, TextConditioning):
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
@@ -407,7 +417,8 @@ def _print_table(artifact) -> None:
         labels = ", ".join(map(str, c.classes)) if len(c.classes) <= 12 else f"{c.classes[0]}..{c.classes[-1]}"
         typer.echo(f"conditioning: class labels {labels} ({guidance}{null})")
     if artifact.fit.candidate is not None:
-        held = ", ".join(f"{name} {c.holdout_loss:.4g}" for name, c in (artifact.fit.candidates or {}).items())
+        held = ", ".join(f"{name} {c.holdout_loss:.4g}{f' (best at step {c.best_iteration} of {c.steps})' if c.steps else ''}"
+                         for name, c in (artifact.fit.candidates or {}).items())
         grid = "on a fitted grid" if artifact.trajectory.fitted else "on the kind's grid"
         typer.echo(f"candidate: {artifact.fit.candidate} ({grid}); held-out loss: plain "
                    f"{artifact.fit.loss_before[0]:.4g}, {held}")

@@ -88,6 +88,7 @@ def test_tampered_fitted_grid_fails_the_check(cli, fitgrid_artifact, tmp_path):
     (("--candidates", "grid+taus", "--sampler", "dpm-solver-2"), "supports the ddim sampler only, not dpm-solver-2"),
     (("--candidates", "taus,steps"), "unknown --candidates steps; choose from taus, grid+taus, grid"),
     (("--candidates", ","), "unknown --candidates ','"),
+    (("--patience", "1", "--preset", "golden"), "--patience stops joint fits early; use it with the default or --preset joint"),
 ])
 def test_candidate_usage_errors(cli, options, fragment):
     one_line_error(cli("align", "--model", GMM, "--nfe", "4", *options, "--quiet", "--no-validate"), 2, fragment)
@@ -101,6 +102,28 @@ def test_default_tries_the_candidates_and_keeps_the_best_held_out(gmm_eps):
     assert result.candidates[result.candidate] == best and result.loss_after[0] == best.holdout_loss
     assert best.holdout_loss < result.loss_before[0]  # the plain sampler's held-out loss
     assert (result.grid is None) == (result.candidate == "taus")
+
+
+@pytest.mark.parametrize("trajectory,steps", [("quadratic", 5), ("uniform", 8)])
+def test_patience_stops_a_candidate_as_a_prefix_of_the_full_run(gmm_eps, trajectory, steps):
+    """A stopped candidate has seen the full run's held-out checks up to its stop (same learning-rate
+    schedule, same minibatches): it keeps the full run's best iterate whenever that came before."""
+    grid = make_grid(trajectory, steps, gmm_eps.schedule)
+
+    def fit(patience):
+        config = resolve_config("default", patience=patience)
+        return fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE).candidates
+
+    full, stopped = fit(0), fit(1)
+    assert all(c.steps == 50 for c in full.values())
+    assert any(c.steps < 50 for c in stopped.values())
+    for name, c in stopped.items():
+        assert c.steps % 10 == 0 and c.steps >= c.best_iteration + 10 or c.steps == 50
+        if name == "taus" or stopped["taus"].best_iteration == full["taus"].best_iteration:
+            if full[name].best_iteration <= c.steps:
+                assert (c.best_iteration, c.holdout_loss) == (full[name].best_iteration, full[name].holdout_loss)
+            else:
+                assert c.holdout_loss >= full[name].holdout_loss
 
 
 def test_second_order_samplers_fit_taus_alone(gmm_eps):
@@ -170,3 +193,13 @@ def test_grid_and_taus_continue_with_their_own_step_count(gmm_eps):
                  resolve_config("default", iterations=2, continue_iterations=continued, num_samples=8), SHAPE,
                  progress=progress)
         assert seen == expected
+
+
+def test_cli_patience_zero_runs_every_step_and_says_so(cli, tmp_path):
+    out = tmp_path / "p.json"
+    result = cli("align", "--model", GMM, "--nfe", "4", "--patience", "0", "--iterations", "20", "--no-validate",
+                 "--no-cache", "--out", out, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    fit = json.loads(out.read_text())["fit"]
+    assert fit["settings"]["patience"] is None and all(c["steps"] == 20 for c in fit["candidates"].values())
+    assert "of 20)" in result.stdout and "(best at step" in result.stdout

@@ -350,6 +350,7 @@ def test_prediction_types_end_to_end(cli, tmp_path, prediction_type):
     "argv,code,fragment",
     [(["align", "--nfe", "abc"], 2, "error: Invalid value for '--nfe'"),
      (["align", "--bogus"], 2, "error: No such option: --bogus"),
+     (["align", "--patience", "-1"], 2, "error: Invalid value for '--patience'"),
      (["inspect"], 2, "error: Missing argument 'file'"),
      (["align", "--model", "/no/such/model", "-q"], 2, "error: model path /no/such/model does not exist")],
 )

@@ -104,7 +104,7 @@ def test_unconditional_artifacts_have_no_conditioning(tmp_path):
     ("gmm:dim=16", ("--null-class", "0"), "is not class-conditional; drop --guidance-scale and --null-class"),
     (GMM, ("--null-class", "9"), "--null-class 9 is not a label of gmm:"),
     (GMM, ("--guidance-scale", "-1"), "--guidance-scale -1 is negative"),
-    (GMM, ("--strategy", "parallel", "--data", "digits"), "the parallel strategy needs class labels"),
+    (GMM, ("--strategy", "parallel", "--data", "digits"), "the parallel strategy needs each data image's condition (class label or prompt)"),
 ])
 def test_conditioning_usage_errors(cli, model, options, fragment):
     one_line_error(cli("align", "--model", model, "--nfe", "3", *options, *FAST), 2, fragment)

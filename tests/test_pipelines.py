@@ -20,7 +20,7 @@ from dpm_align.aligner_core.models.pipelines import prompts_sha256
 from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
 from tests.conftest import GMM_TINY, assert_close_to_scale, assert_one_line, parse_json
 from tests.test_cli import one_line_error
-from tests.tiny_pipelines import LATENT_SHAPE, tiny_dit_pipeline, tiny_sd_pipeline
+from tests.tiny_pipelines import LATENT_SHAPE, tiny_dit_pipeline, tiny_latent_pipeline, tiny_sd_pipeline
 
 pytest.importorskip("transformers")
 
@@ -308,8 +308,8 @@ def test_text_conditioning_option_errors(sd_dir):
 def test_latent_only_options(cli, sd_dir, tmp_path):
     result = cli("sample", "--model", GMM_TINY, "--nfe", "2", "--no-taus", "--format", "latents", "--out", tmp_path / "s")
     one_line_error(result, 2, "--format latents is for latent pipelines")
-    result = cli("align", "--model", sd_dir, "--prompt", "a cat", "--data", "digits", *TINY_FIT)
-    one_line_error(result, 2, "fitted in latent space on its own samples; drop --data")
+    result = cli("align", "--model", sd_dir, "--prompt", "a cat", "--strategy", "parallel", "--data", "digits", *TINY_FIT)
+    one_line_error(result, 2, "the parallel strategy needs each data image's condition (class label or prompt)")
     model = load_model(sd_dir, prompts=["a cat"])
     plan, _, _ = resolve_plan(model, sampler=None, eta=None, trajectory=None, nfe=3, use_taus=False)
     with pytest.raises(UsageError) as excinfo:
@@ -338,3 +338,56 @@ def test_analytic_gammas_are_cached_per_prompts(sd_dir, isolated_cache, monkeypa
         cached_gammas(model.eps, model.info.sha256, [999.0, 500.0], model.sample_shape)
     names = sorted(path.name for path in (isolated_cache / "gammas").iterdir())
     assert len(names) == 2 and all("-text-prompts" in name for name in names)
+
+
+def test_torchrun_latents_equal_one_process(cli, dit_dir, tmp_path):
+    """Two gloo ranks share the latent samples (each writes its own .npy files) and rank 0 gathers
+    latents.npz: the same bytes per sample as one process."""
+    from tests.test_batch_generation import torchrun
+
+    args = ("sample", "--model", dit_dir, "--no-taus", "--nfe", "2", "-n", "5", "--batch-size", "2", "--format",
+            "latents", "--json", "--quiet", "--device", "cpu")
+    one = cli(*args, "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.output
+    two = torchrun(*args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads(two.stdout)["world_size"] == 2
+    files = sorted(p.name for p in (tmp_path / "one").glob("*.npy"))
+    assert len(files) == 5 and files == sorted(p.name for p in (tmp_path / "two").glob("*.npy"))
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+    assert np.array_equal(np.load(tmp_path / "one" / "latents.npz")["latents"],
+                          np.load(tmp_path / "two" / "latents.npz")["latents"])
+
+
+@pytest.fixture(scope="session")
+def latent_dir(tmp_path_factory):
+    return tiny_latent_pipeline(tmp_path_factory.mktemp("latent"))
+
+
+def test_data_of_a_latent_pipeline_goes_through_the_vae_encoder(cli, latent_dir, monkeypatch, tmp_path):
+    """--data (Eq. 8's x_0) of a latent pipeline is encoded: the mean of the VAE's posterior times the
+    scaling factor, at the latents' shape; the parallel fit runs on it end to end."""
+    from dpm_align.aligner_core import api
+    from dpm_align.aligner_core.data import load_data
+    from dpm_align.aligner_core.fitting.fit import resolve_config
+
+    model = load_model(latent_dir)
+    seen = {}
+    real_fit = api.fit_taus
+
+    def spy(*args, data=None, **kwargs):
+        seen["data"] = data
+        return real_fit(*args, data=data, **kwargs)
+
+    monkeypatch.setattr(api, "fit_taus", spy)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
+    api.align(model, plan, resolve_config("golden", "parallel", iterations=2, num_samples=4), data="digits")
+    images = load_data("digits", (3, 16, 16))
+    expected = model.decoder.encode(images)
+    assert seen["data"].shape == (images.shape[0], *LATENT_SHAPE) and torch.equal(seen["data"], expected)
+    posterior = model.decoder.vae.encode(images[:4]).latent_dist
+    assert torch.allclose(expected[:4], posterior.mean * model.decoder.scaling_factor)
+    result = cli("align", "--model", latent_dir, "--strategy", "parallel", "--data", "digits", *TINY_FIT,
+                 "--out", tmp_path / "t.json", "--json")
+    assert result.exit_code == 0, result.output
+    assert parse_json(result)["artifact"]["fit"]["strategy"] == "parallel"

@@ -68,3 +68,21 @@ def tiny_dit_pipeline(directory: Path, seed: int = 0):
     pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=DDPMScheduler())
     pipe.save_pretrained(str(directory))
     return pipe
+
+
+def tiny_latent_pipeline(directory: Path, seed: int = 0) -> Path:
+    """An unconditional latent pipeline (LDM-style: a UNet2DModel over the VAE's latents), saved as a
+    diffusers pipeline directory: model_index.json, unet/, vae/, scheduler/."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    unet.save_pretrained(str(directory / "unet"))
+    tiny_vae().save_pretrained(str(directory / "vae"))
+    DDPMScheduler().save_pretrained(str(directory / "scheduler"))
+    (directory / "model_index.json").write_text(json.dumps({
+        "_class_name": "DiffusionPipeline", "unet": ["diffusers", "UNet2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDPMScheduler"]}))
+    return directory

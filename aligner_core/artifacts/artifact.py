@@ -87,6 +87,8 @@ class FitInfo(_Strict):
     seed: int
     device: str
     dtype: str
+    precision: str | None = Field(None, description="the network's arithmetic during the fit and the verdict (fp32 | tf32 "
+                                  "| bf16 | fp16; None: torch's settings, and artifacts before 0.2.0)")
     loss_before: list[float | None]
     loss_after: list[float | None]
     candidate: str | None = Field(None, description="joint fits: the winning candidate (taus, grid+taus, grid)")

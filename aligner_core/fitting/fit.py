@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
+import torch.utils.checkpoint
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..distributed import World
@@ -59,6 +60,14 @@ class FitConfig(BaseModel):
     continue_iterations: int | None = Field(
         None, ge=1, description="joint objective: Adam steps of a candidate that continues another's fit (grid+taus "
         "after taus); None: iterations")
+    patience: int | None = Field(
+        None, ge=1, description="joint objective: held-out checks in a row that do not beat a candidate's best iterate "
+        "(its start included) after which it stops; the learning-rate schedule stays that of the full run, so a stopped "
+        "fit is a prefix of the full one. None (default): never stop early; 2 saved about a quarter of the Adam steps "
+        "but lost 1-10% end-point error on 5 of 24 zoo settings (docs/RESULTS.md)")
+    checkpointing: bool = Field(False, description="joint objective: keep no network activations in the forward pass and "
+                                "recompute them in the backward one (memory of one evaluation instead of all NFE; about "
+                                "one more forward pass of time); the taus are the same")
     norm_weight: float = Field(0.0, ge=0, description="joint objective: weight of the per-sample squared difference of "
                                 "mean squares (end point vs teacher), a term against shrunken samples (off by default: "
                                 "on heavy-tailed models it outweighed the distance, docs/RESULTS.md)")
@@ -101,6 +110,13 @@ def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool
     if values.get("candidates") is not None and values["objective"] != "joint":
         raise UsageError("--candidates chooses among joint fits (taus, grid+taus, grid); use it with the default or "
                          "--preset joint")
+    if overrides.get("checkpointing") and values["objective"] != "joint":
+        raise UsageError("--gradient-checkpointing saves the joint fit's memory; the per-step fits keep no gradients "
+                         "through the network: drop it, or use the default or --preset joint")
+    if overrides.get("patience") is not None and values["objective"] != "joint":
+        raise UsageError("--patience stops joint fits early; use it with the default or --preset joint")
+    if values.get("patience") == 0:  # 0: run every planned step
+        values["patience"] = None
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     try:
@@ -263,6 +279,7 @@ class CandidateFit(BaseModel):
 
     holdout_loss: float
     best_iteration: int  # Adam steps taken at the kept iterate; 0 = the plain sampler was not beaten
+    steps: int | None = None  # Adam steps taken (fewer than planned when stopped by ``patience``; None: before 0.2.0)
 
 
 @dataclass
@@ -324,8 +341,8 @@ def fit_taus(
 
     cond = conditioning_of(eps)
     if cond is not None and config.strategy == "parallel":
-        raise UsageError("the parallel strategy needs class labels for the data of a class-conditional model, which "
-                         "--data does not give; use --strategy sequential")
+        raise UsageError("the parallel strategy needs each data image's condition (class label or prompt) for a "
+                         "conditional model, which --data does not give; use --strategy sequential")
     sequential = config.strategy == "sequential"
 
     def randn(n: int) -> torch.Tensor:
@@ -437,8 +454,9 @@ def fit_joint(
     starting at the given grid, and tau_j = t_j + delta_j (t_j - t_{j+1}); ``grid`` alone (tau_j =
     t_j on the fitted grid). The pool has at least ``POOL_PER_PARAMETER`` noises per fitted number.
     Every ``eval_every`` steps the loss on ``holdout`` further noises (teacher from the same x_T) is
-    measured; each candidate keeps its best iterate, the plain sampler (iterate 0) included, and the
-    candidate with the lowest held-out loss wins. ``loss_before`` / ``loss_after`` hold the held-out
+    measured; each candidate keeps its best iterate, the plain sampler (iterate 0) included, stops
+    after ``patience`` checks in a row without a gain, and the candidate with the lowest held-out
+    loss wins. ``loss_before`` / ``loss_after`` hold the held-out
     loss of the plain sampler and of the winner for every evaluation.
 
     With several ranks (torchrun): teacher and held-out batches go to rank b mod N (the batches of
@@ -474,7 +492,10 @@ def fit_joint(
     pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
-        out = run_sampler(sampler, bind_labels(eps, batch.labels), batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
+        net = bind_labels(eps, batch.labels)
+        if config.checkpointing and torch.is_grad_enabled():
+            net = _checkpointed(net)
+        out = run_sampler(sampler, net, batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
         if eps.data_range is not None:  # compared as delivered, like the verdict; the gradient passes the clamp
             # unchanged (straight-through), so a pixel pushed out of range is still pulled back towards the teacher's
             out = out + (eps.delivered(out) - out).detach()
@@ -511,6 +532,13 @@ def fit_joint(
                      {name: fit[0] for name, fit in fits.items()}, n)
 
 
+def _checkpointed(net: EpsFn) -> EpsFn:
+    """``net`` whose activations are recomputed in the backward pass (torch.utils.checkpoint)."""
+    def call(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(net, x, t, use_reentrant=False)
+    return call
+
+
 def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Tensor, widths: torch.Tensor,
                    start: tuple | None, pool: Batch, losses, holdout_loss, plain: float, config: FitConfig, seed: int,
                    progress: Progress | None, world: World) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
@@ -535,15 +563,16 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
             return nominal + widths * d
         return g[:-1] + d * free * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
 
-    best = (CandidateFit(holdout_loss=plain, best_iteration=0), base, nominal) if start is None else \
-        (CandidateFit(holdout_loss=start[0].holdout_loss, best_iteration=0), base, start[2])
+    best = (plain, 0, base, nominal) if start is None else (start[0].holdout_loss, 0, base, start[2])
     iterations = config.iterations if start is None or config.continue_iterations is None else config.continue_iterations
     params = [p for p in (delta, logits) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
     # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
     # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    for it in range(1, iterations + 1):
+    it, misses = 0, 0
+    while it < iterations and (config.patience is None or misses < config.patience):
+        it += 1
         batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
         opt.zero_grad(set_to_none=True)
         if world.size == 1:  # one process: the minibatch mean, exactly as before torchrun support
@@ -565,8 +594,11 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
                 g = grid_of(logits.detach())
                 taus = taus_of(g, delta.detach())
             held = holdout_loss(g, taus)
-            if held < best[0].holdout_loss:
-                best = (CandidateFit(holdout_loss=held, best_iteration=it), g, taus)
+            if held < best[0]:
+                best, misses = (held, it, g, taus), 0
+            else:
+                misses += 1
             if progress:
                 progress(it, iterations, f"joint {name}: step {it}/{iterations}, held-out loss {held:.4g}")
-    return best
+    loss, best_iteration, g, taus = best
+    return CandidateFit(holdout_loss=loss, best_iteration=best_iteration, steps=it), g, taus

@@ -49,7 +49,7 @@ def network_precision(precision: str | None, device: torch.device) -> Iterator[N
     """The network's arithmetic: fp32 (TF32 off: exact float32 matmuls and convolutions on CUDA),
     tf32 (TF32 tensor cores on CUDA; the same as fp32 on the CPU), bf16/fp16 (autocast: matmuls
     and convolutions in half precision, reductions in float32), None (torch's global settings as
-    they are: what ``align`` uses). Float64 networks (the exact mixture) are never cast."""
+    they are). Float64 networks (the exact mixture) are never cast."""
     if precision in _AUTOCAST:
         with torch.autocast(device.type, dtype=_AUTOCAST[precision]):
             yield

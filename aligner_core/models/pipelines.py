@@ -85,7 +85,7 @@ class DiTNet(nn.Module):
 
 
 class LatentDecoder:
-    """The VAE of a latent pipeline: latents -> images in [-1, 1]."""
+    """The VAE of a latent pipeline: latents -> images in [-1, 1], and images -> latents (``encode``)."""
 
     def __init__(self, vae: nn.Module):
         self.vae = vae
@@ -99,6 +99,16 @@ class LatentDecoder:
         """(C, H, W) of the decoded images: the VAE upsamples by 2 per block after the first."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return int(self.vae.config.out_channels), int(latent_shape[1]) * factor, int(latent_shape[2]) * factor
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Latents (float32, on the images' device) of images in [-1, 1]: the mean of the VAE's
+        posterior times the scaling factor, the space the denoiser was trained in (its mean, not a
+        draw from it, so that the same images give the same latents)."""
+        param = next(self.vae.parameters())
+        chunks = [self.vae.encode(images[i : i + batch_size].to(param.device, param.dtype)).latent_dist.mean
+                  for i in range(0, images.shape[0], batch_size)]
+        return (torch.cat(chunks) * self.scaling_factor).float().to(images.device)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
