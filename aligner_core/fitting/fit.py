@@ -63,8 +63,8 @@ class FitConfig(BaseModel):
     patience: int | None = Field(
         None, ge=1, description="joint objective: held-out checks in a row that do not beat a candidate's best iterate "
         "(its start included) after which it stops; the learning-rate schedule stays that of the full run, so a stopped "
-        "fit is a prefix of the full one. None (default): never stop early; 2 saved about a quarter of the Adam steps "
-        "but lost 1-10% end-point error on 5 of 24 zoo settings (docs/RESULTS.md)")
+        "fit is a prefix of the full one. None (default): never stop early; 2 saved 20% of the zoo's Adam steps "
+        "but lost 1-10% end-point error on 5 of its 24 settings (docs/RESULTS.md)")
     checkpointing: bool = Field(False, description="joint objective: keep no network activations in the forward pass and "
                                 "recompute them in the backward one (memory of one evaluation instead of all NFE; about "
                                 "one more forward pass of time); the taus are the same")
