@@ -235,7 +235,7 @@ def align_cmd(
     candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]", rich_help_panel="Fit")] = None,
     patience: Annotated[Optional[int], typer.Option(min=0, help="joint fits: stop a candidate after this many held-out checks (every 10 steps) in a row without a gain, for a faster fit that can miss late gains [default: 0 = run every step]", rich_help_panel="Fit")] = None,
     precision: PrecisionOpt = "fp32",
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; about a third more fitting time; same taus)", rich_help_panel="Fit")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; more fitting time: x1.16 on the CIFAR 32x32 zoo model, CPU; same taus)", rich_help_panel="Fit")] = False,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="skip the verdict (baseline vs aligned on held-out seeds after fitting)", rich_help_panel="Verdict")] = False,
     validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look", rich_help_panel="Verdict")] = 128,
     validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many", rich_help_panel="Verdict")] = 512,
@@ -346,6 +346,7 @@ def sample_cmd(
                                 fmt=fmt, device=dev, class_labels=class_label, world=world, progress=progress)
     if run is None:  # not rank 0: rank 0 reports for all
         return
+    peak = peak_memory(dev)
     summary = {
         "out": str(out), "num_samples": num_samples, "format": fmt, "seed": seed, "key": plan.key(loaded),
         "sampler": plan.sampler, "eta": plan.eta, "trajectory": plan.label, "nfe": plan.nfe,
@@ -354,7 +355,7 @@ def sample_cmd(
         "prompts": spec.prompt_list() if isinstance(loaded.eps.conditioning, TextConditioning) else None,
         "guidance_scale": None if loaded.eps.conditioning is None else loaded.eps.conditioning.guidance_scale,
         "precision": precision, "generated": run.generated, "already_present": run.already_present,
-        "world_size": run.world_size, "seconds": run.seconds, "peak_memory": peak_memory(dev).model_dump(mode="json"),
+        "world_size": run.world_size, "seconds": run.seconds, "peak_memory": peak.model_dump(mode="json"),
     }
     if json_out:
         emit_json(summary)
@@ -362,7 +363,7 @@ def sample_cmd(
         kept = f", {run.already_present} already there" if run.already_present else ""
         typer.echo(f"wrote {run.generated} samples{kept} ({'aligned' if chosen else 'baseline'}, {plan.sampler} "
                    f"{plan.label} nfe={plan.nfe}, {run.world_size} process(es), {run.seconds:.1f}s, "
-                   f"{peak_memory(dev).describe()} on rank 0) to {out}"
+                   f"{peak.describe()} on rank 0) to {out}"
                    + "".join(f"; {name}: {path}" for name, path in run.files.items() if name in ("grid", "npz")))
 
 

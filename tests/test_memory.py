@@ -1,6 +1,8 @@
 """Memory for big networks: gradient checkpointing of the joint fit, and the peak memory that
 ``align`` and ``sample`` report."""
 
+import json
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_align_in_bf16_records_its_precision(cli, tiny_ckpt, tmp_path):
                  "--no-validate", "--no-cache", "--out", out, "--quiet", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "on cpu (bf16)" in result.stdout
-    assert __import__("json").loads(out.read_text())["fit"]["precision"] == "bf16"
+    assert json.loads(out.read_text())["fit"]["precision"] == "bf16"
     one_line_error(cli("align", "--model", tiny_ckpt, "--nfe", "3", "--precision", "fp16", "--no-cache", "--out",
                        tmp_path / "x.json", "--quiet", "--device", "cpu"), 2, "--precision fp16 needs a CUDA device")
     assert not (tmp_path / "x.json").exists()
