@@ -391,3 +391,10 @@ def test_data_of_a_latent_pipeline_goes_through_the_vae_encoder(cli, latent_dir,
                  "--out", tmp_path / "t.json", "--json")
     assert result.exit_code == 0, result.output
     assert parse_json(result)["artifact"]["fit"]["strategy"] == "parallel"
+
+
+def test_attention_runs_on_pytorch_sdpa(sd_dir):
+    """The README says attention is diffusers' default, PyTorch's scaled_dot_product_attention."""
+    net = load_model(sd_dir, prompts=["a cat"]).eps.net
+    processors = {type(m.processor).__name__ for m in net.modules() if hasattr(m, "processor")}
+    assert processors == {"AttnProcessor2_0"}
