@@ -6,7 +6,9 @@
 A budget ``a/b`` is ``a`` Adam steps for the taus alone and ``b`` for grid+taus, which continues
 from the taus' fit (``FitConfig.iterations`` / ``continue_iterations``), run to the end; ``a/bpN``
 stops a candidate after N held-out checks in a row without a gain (``FitConfig.patience``);
-everything else is the default fit. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
+``a/b,key=value,...`` sets further ``FitConfig`` fields (e.g. ``50/50,holdout=128``);
+everything else is the default fit. ``--seeds`` fits every budget with each seed (the fit is chaotic:
+bit-level differences change the taus) and also prints each budget's mean over the seeds. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
 model, ``gmm...`` a mixture spec, other names are in ``models/zoo``) each budget is fitted, then all of them and the plain
 sampler are run from the same ``--samples`` held-out noises (the verdict's seeds) against one
 reference. Printed per budget: fit seconds and their ratio to the first budget's (measured in the
@@ -44,11 +46,15 @@ def model_path(name: str, zoo: Path) -> str | None:
     return str(weights if weights.is_file() else zoo / name)
 
 
-def parse_budget(text: str) -> tuple[int, int, int | None]:
-    """``a/b`` or ``a/bpN``: Adam steps of the taus and of grid+taus, and the patience (None: none)."""
-    steps, _, patience = text.partition("p")
+def parse_budget(text: str) -> dict:
+    """``a/b``, ``a/bpN``, then ``,key=value`` pairs: the ``FitConfig`` overrides of a budget (Adam steps of
+    the taus and of grid+taus, the patience, further fields)."""
+    head, *pairs = text.split(",")
+    steps, _, patience = head.partition("p")
     taus_steps, grid_steps = (int(v) for v in steps.split("/"))
-    return taus_steps, grid_steps, int(patience) if patience else None
+    fields = dict(pair.split("=", 1) for pair in pairs)
+    return {"iterations": taus_steps, "continue_iterations": grid_steps, "patience": int(patience) if patience else None,
+            **{k: json.loads(v) for k, v in fields.items()}}
 
 
 def main() -> None:
@@ -60,19 +66,21 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--reference-nfe", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="fit seeds (each budget fitted with each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    budgets = [parse_budget(b) for b in args.budgets]
+    budgets = [(f"{b}@{seed}" if len(args.seeds) > 1 else b, parse_budget(b), seed)
+               for b in args.budgets for seed in args.seeds]
     for setting in args.settings:
         name, trajectory, nfe = setting.rsplit(":", 2)
         model = load_model(model_path(name, args.zoo))
         plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, int(nfe))
         candidates, fits = {"plain": None}, {}
-        for label, (taus_steps, grid_steps, patience) in zip(args.budgets, budgets):
-            config = resolve_config("default", iterations=taus_steps, continue_iterations=grid_steps).model_copy(
-                update={"patience": patience})
+        for label, overrides, seed in budgets:
+            config = resolve_config("default").model_copy(update=overrides)
             start = time.perf_counter()
-            result = fit_taus(model.eps, model.eps.schedule, plan.grid, "ddim", 0.0, config, model.sample_shape)
+            result = fit_taus(model.eps, model.eps.schedule, plan.grid, "ddim", 0.0, config, model.sample_shape,
+                              seed=seed)
             fits[label] = (time.perf_counter() - start, result.candidate,
                            {k: [c.steps, c.best_iteration, c.holdout_loss] for k, c in result.candidates.items()})
             candidates[label] = result.taus if result.grid is None else (result.grid, result.taus)
@@ -98,6 +106,12 @@ def main() -> None:
                   f"end vs plain {vs_plain.change:+.1%} [{vs_plain.low:+.1%}, {vs_plain.high:+.1%}]  "
                   f"vs {first}: {vs_first.change:+.1%} [{vs_first.low:+.1%}, {vs_first.high:+.1%}]  "
                   f"steps/best: {' '.join(f'{k} {v[0]}/{v[1]}' for k, v in steps.items())}", flush=True)
+        if len(args.seeds) > 1:
+            for budget in args.budgets:
+                mine = [label for label, _, _ in budgets if label.rpartition("@")[0] == budget]
+                change = [mean_ratio_change(errors["plain"], errors[label], 0.95).change for label in mine]
+                print(f"{setting:40s} {budget:>6s} mean over {len(mine)} seeds: end vs plain "
+                      f"{sum(change) / len(change):+.1%} (per seed: {' '.join(f'{c:+.1%}' for c in change)})", flush=True)
 
 
 if __name__ == "__main__":
