@@ -182,7 +182,7 @@ def align(
             strategy=config.strategy,
             objective=config.objective,
             optimizer=config.optimizer,
-            settings={**config.model_dump(mode="json"), **({"starts": result.starts} if result.starts else {})},
+            settings=config.model_dump(mode="json"),
             num_samples=result.num_samples or config.num_samples,
             iterations=config.iterations,
             seed=seed,

@@ -234,7 +234,6 @@ def align_cmd(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not write into the cache directory")] = False,
     candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]", rich_help_panel="Fit")] = None,
     patience: Annotated[Optional[int], typer.Option(min=0, help="joint fits: stop a candidate after this many held-out checks (every 10 steps) in a row without a gain, for a faster fit that can miss late gains [default: 0 = run every step]", rich_help_panel="Fit")] = None,
-    starts: Annotated[Optional[int], typer.Option(min=1, help="joint fits: independent fits (each its own noises), the one with the lowest held-out loss kept [default: max(1, 10 // NFE)]", rich_help_panel="Fit")] = None,
     precision: PrecisionOpt = "fp32",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; more fitting time: x1.16 on the CIFAR 32x32 zoo model, CPU; same taus)", rich_help_panel="Fit")] = False,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="skip the verdict (baseline vs aligned on held-out seeds after fitting)", rich_help_panel="Verdict")] = False,
@@ -254,7 +253,7 @@ def align_cmd(
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             objective=objective, optimizer=optimizer, iterations=iterations, num_samples=num_samples,
                             batch_size=batch_size, candidates=_candidates(candidates), patience=patience,
-                            starts=starts, checkpointing=gradient_checkpointing or None)
+                            checkpointing=gradient_checkpointing or None)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")
     if out is not None:
@@ -419,11 +418,8 @@ def _print_table(artifact) -> None:
         labels = ", ".join(map(str, c.classes)) if len(c.classes) <= 12 else f"{c.classes[0]}..{c.classes[-1]}"
         typer.echo(f"conditioning: class labels {labels} ({guidance}{null})")
     if artifact.fit.candidate is not None:
-        held = ", ".join(f"{name} {c.holdout_loss:.4g}{f' (best at step {c.best_iteration} of {c.steps}' if c.steps else ''}"
-                         f"{f', start {c.start + 1}' if c.start is not None else ''}{')' if c.steps else ''}"
+        held = ", ".join(f"{name} {c.holdout_loss:.4g}{f' (best at step {c.best_iteration} of {c.steps})' if c.steps else ''}"
                          for name, c in (artifact.fit.candidates or {}).items())
-        starts = artifact.fit.settings.get("starts")
-        held += f"; best of {starts} starts" if starts and starts > 1 else ""
         grid = "on a fitted grid" if artifact.trajectory.fitted else "on the kind's grid"
         typer.echo(f"candidate: {artifact.fit.candidate} ({grid}); held-out loss: plain "
                    f"{artifact.fit.loss_before[0]:.4g}, {held}")

@@ -89,7 +89,6 @@ def test_tampered_fitted_grid_fails_the_check(cli, fitgrid_artifact, tmp_path):
     (("--candidates", "taus,steps"), "unknown --candidates steps; choose from taus, grid+taus, grid"),
     (("--candidates", ","), "unknown --candidates ','"),
     (("--patience", "1", "--preset", "golden"), "--patience stops joint fits early; use it with the default or --preset joint"),
-    (("--starts", "2", "--preset", "golden"), "--starts repeats joint fits; use it with the default or --preset joint"),
 ])
 def test_candidate_usage_errors(cli, options, fragment):
     one_line_error(cli("align", "--model", GMM, "--nfe", "4", *options, "--quiet", "--no-validate"), 2, fragment)
@@ -204,39 +203,3 @@ def test_cli_patience_zero_runs_every_step_and_says_so(cli, tmp_path):
     fit = json.loads(out.read_text())["fit"]
     assert fit["settings"]["patience"] is None and all(c["steps"] == 20 for c in fit["candidates"].values())
     assert "of 20)" in result.stdout and "(best at step" in result.stdout
-
-
-def test_further_starts_keep_the_first_and_the_lowest_held_out_loss(gmm_eps):
-    """``starts``: the first start is the one-start fit (same pool, same minibatches); the others add
-    pools, all are judged on the same held-out noises, and each candidate keeps its best start."""
-    grid = make_grid("uniform", 5, gmm_eps.schedule)
-
-    def fit(starts):
-        return fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, resolve_config("default", starts=starts), SHAPE)
-
-    one, three = fit(1), fit(3)
-    assert (one.starts, three.starts) == (1, 3) and one.loss_before == three.loss_before
-    assert all(c.start is None for c in one.candidates.values())
-    assert {c.start for c in three.candidates.values()} <= {0, 1, 2}
-    for name, c in three.candidates.items():
-        assert c.holdout_loss <= one.candidates[name].holdout_loss
-        if c.start == 0:
-            assert (c.holdout_loss, c.best_iteration) == (one.candidates[name].holdout_loss, one.candidates[name].best_iteration)
-    assert three.loss_after[0] == min(c.holdout_loss for c in three.candidates.values())
-
-
-@pytest.mark.parametrize("nfe,starts", [(3, 3), (5, 2), (6, 1), (10, 1)])
-def test_default_starts_spend_about_one_ten_evaluation_fit(gmm_eps, nfe, starts):
-    grid = make_grid("uniform", nfe, gmm_eps.schedule)
-    config = resolve_config("default", iterations=1, num_samples=8, holdout=4, candidates=("taus",))
-    assert fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE).starts == starts
-
-
-def test_cli_starts_are_recorded_and_printed(cli, tmp_path):
-    out = tmp_path / "s.json"
-    result = cli("align", "--model", GMM, "--nfe", "4", "--starts", "2", "--iterations", "10", "--no-validate",
-                 "--no-cache", "--out", out, "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    fit = json.loads(out.read_text())["fit"]
-    assert fit["settings"]["starts"] == 2 and {c["start"] for c in fit["candidates"].values()} <= {0, 1}
-    assert "best of 2 starts" in result.stdout and ", start " in result.stdout

@@ -65,10 +65,6 @@ class FitConfig(BaseModel):
         "(its start included) after which it stops; the learning-rate schedule stays that of the full run, so a stopped "
         "fit is a prefix of the full one. None (default): never stop early; 2 saved 20% of the zoo's Adam steps "
         "but lost 1-10% end-point error on 5 of its 24 settings (docs/RESULTS.md)")
-    starts: int | None = Field(
-        None, ge=1, description="joint objective: independent fits (each its own fitting pool and minibatch order), "
-        "the one with the lowest held-out loss kept. None: max(1, 10 // NFE), so that a fit below 10 evaluations "
-        "spends about the Adam evaluations of one 10-evaluation fit")
     checkpointing: bool = Field(False, description="joint objective: keep no network activations in the forward pass and "
                                 "recompute them in the backward one (memory of one evaluation instead of all NFE; about "
                                 "one more forward pass of time); the taus are the same")
@@ -119,8 +115,6 @@ def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool
                          "through the network: drop it, or use the default or --preset joint")
     if overrides.get("patience") is not None and values["objective"] != "joint":
         raise UsageError("--patience stops joint fits early; use it with the default or --preset joint")
-    if overrides.get("starts") is not None and values["objective"] != "joint":
-        raise UsageError("--starts repeats joint fits; use it with the default or --preset joint")
     if values.get("patience") == 0:  # 0: run every planned step
         values["patience"] = None
     if values["optimizer"] not in OPTIMIZERS:
@@ -286,7 +280,6 @@ class CandidateFit(BaseModel):
     holdout_loss: float
     best_iteration: int  # Adam steps taken at the kept iterate; 0 = the plain sampler was not beaten
     steps: int | None = None  # Adam steps taken (fewer than planned when stopped by ``patience``; None: before 0.2.0)
-    start: int | None = None  # which of the fit's independent starts (``FitConfig.starts``) this is; None: one start
 
 
 @dataclass
@@ -299,7 +292,6 @@ class FitResult:
     candidate: str | None = None  # joint: the winning candidate
     candidates: dict[str, CandidateFit] | None = None  # joint: every candidate's held-out result
     num_samples: int | None = None  # joint: the fitting pool's size (at least config.num_samples)
-    starts: int | None = None  # joint: independent fits made (``FitConfig.starts`` resolved)
 
 
 def fit_taus(
@@ -464,10 +456,7 @@ def fit_joint(
     Every ``eval_every`` steps the loss on ``holdout`` further noises (teacher from the same x_T) is
     measured; each candidate keeps its best iterate, the plain sampler (iterate 0) included, stops
     after ``patience`` checks in a row without a gain, and the candidate with the lowest held-out
-    loss wins. With ``starts`` > 1 (default below 6 evaluations: ``max(1, 10 // NFE)``) the candidates are
-    fitted again from further pools (new x_T, new minibatch order) and judged on the same held-out
-    noises: the outcome of one fit varies with its pool (digits8, uniform NFE 5: end-point change
-    −2.3% to −11.3% over three seeds) and the held-out loss ranks the fits (docs/RESULTS.md). ``loss_before`` / ``loss_after`` hold the held-out
+    loss wins. ``loss_before`` / ``loss_after`` hold the held-out
     loss of the plain sampler and of the winner for every evaluation.
 
     With several ranks (torchrun): teacher and held-out batches go to rank b mod N (the batches of
@@ -489,25 +478,18 @@ def fit_joint(
     free = (schedule.alpha(nominal) >= ALPHA_FLOOR).to(torch.float64)
     parameters = max((int(free.sum()) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
     n = max(config.num_samples, POOL_PER_PARAMETER * parameters)
-    starts = config.starts or max(1, 10 // len(nominal))
     cond = conditioning_of(eps)
+    x_T = torch.randn((n + config.holdout, *sample_shape), generator=gen, dtype=torch.float64).to(device)
+    labels = None if cond is None else cond.random_labels(n + config.holdout, gen).to(device)
     fine, _ = reference_grid([grid[0], grid[-1]], config.teacher_nfe, schedule)
     ctx = StepContext(schedule, 0.0)
-
-    def with_teacher(count: int) -> Batch:
-        """``count`` new x_T (and labels) with the teacher's end points as delivered (a pixel model's clamped to [-1, 1])."""
-        x_T = torch.randn((count, *sample_shape), generator=gen, dtype=torch.float64).to(device)
-        labels = None if cond is None else cond.random_labels(count, gen).to(device)
-        parts = list(Batch(x_T, None, labels).batches(max(config.batch_size, 64)))
-        with torch.no_grad():
-            mine = [(b, eps.delivered(reference_solve(bind_labels(eps, parts[b].labels), parts[b].x_t, fine, ctx)).cpu())
-                    for b in world.batches(len(parts))]
-        return Batch(x_T, None, labels, torch.cat(world.all_gather_batches(mine)).to(device))
-
-    everything = with_teacher(n + config.holdout)
-    # the first start's pool and the held-out noises are drawn as with one start; each further start its own pool
-    pools = [everything.select(slice(0, n)), *(with_teacher(n) for _ in range(starts - 1))]
-    holdout = everything.select(slice(n, n + config.holdout))
+    starts = list(Batch(x_T, None, labels).batches(max(config.batch_size, 64)))
+    with torch.no_grad():  # the teacher's end points as delivered (a pixel model's clamped to [-1, 1])
+        mine = [(b, eps.delivered(reference_solve(bind_labels(eps, starts[b].labels), starts[b].x_t, fine, ctx)).cpu())
+                for b in world.batches(len(starts))]
+    teacher = torch.cat(world.all_gather_batches(mine)).to(device)
+    everything = Batch(x_T, None, labels, teacher)
+    pool, holdout = everything.select(slice(0, n)), everything.select(slice(n, n + config.holdout))
 
     def losses(batch: Batch, g: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         net = bind_labels(eps, batch.labels)
@@ -533,18 +515,12 @@ def fit_joint(
         return world.sum(total) / holdout.size
 
     plain = holdout_loss(base, nominal)
-    fits: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}  # per candidate, its best start
-    for r, pool in enumerate(pools):
-        mine: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}
-        for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
-            # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
-            warm = mine["taus"] if name == "grid+taus" and "taus" in mine else None
-            mine[name] = _fit_candidate(name, k + r * len(JOINT_CANDIDATES), base, nominal, widths * free, warm, pool,
-                                        losses, holdout_loss, plain, config, seed, progress, world)
-            if starts > 1:
-                mine[name][0].start = r
-            if name not in fits or mine[name][0].holdout_loss < fits[name][0].holdout_loss:
-                fits[name] = mine[name]
+    fits: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}
+    for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
+        # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
+        warm = fits["taus"] if name == "grid+taus" and "taus" in fits else None
+        fits[name] = _fit_candidate(name, k, base, nominal, widths * free, warm, pool, losses, holdout_loss, plain,
+                                    config, seed, progress, world)
     winner = min(fits, key=lambda name: fits[name][0].holdout_loss)
     result, fitted_grid, fitted = fits[winner]
     if progress:
@@ -553,7 +529,7 @@ def fit_joint(
     return FitResult([float(v) for v in fitted.clamp(min=0.0)], [plain] * count, [result.holdout_loss] * count,
                      time.perf_counter() - start,
                      [float(v) for v in fitted_grid] if winner != "taus" and result.best_iteration else None, winner,
-                     {name: fit[0] for name, fit in fits.items()}, n, starts)
+                     {name: fit[0] for name, fit in fits.items()}, n)
 
 
 def _checkpointed(net: EpsFn) -> EpsFn:
