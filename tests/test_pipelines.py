@@ -20,7 +20,7 @@ from dpm_align.aligner_core.models.pipelines import prompts_sha256
 from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
 from tests.conftest import GMM_TINY, assert_close_to_scale, assert_one_line, parse_json
 from tests.test_cli import one_line_error
-from tests.tiny_pipelines import LATENT_SHAPE, tiny_dit_pipeline, tiny_latent_pipeline, tiny_sd_pipeline
+from tests.tiny_pipelines import LATENT_SHAPE, tiny_dit_pipeline, tiny_latent_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 pytest.importorskip("transformers")
 
@@ -44,6 +44,13 @@ def sd_v_dir(sd_dir, tmp_path_factory):
     shutil.copytree(sd_dir, directory)
     config_path = directory / "scheduler" / "scheduler_config.json"
     config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), prediction_type="v_prediction")))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sdxl") / "sdxl"
+    tiny_sdxl_pipeline(directory)
     return directory
 
 
@@ -271,17 +278,76 @@ def test_missing_tokenizer_or_text_encoder(sd_dir, tmp_path):
         shutil.rmtree(broken / folder)
         with pytest.raises(UsageError) as excinfo:
             load_model(broken, prompts=["a cat"])
-        assert_one_line(excinfo, f"has a text-conditioned UNet but no {folder}/", "copy the whole Stable Diffusion")
+        assert_one_line(excinfo, f"has a text-conditioned UNet but no {folder}/", "copy the whole pipeline directory")
 
 
-def test_sdxl_style_unet_is_refused(sd_dir, tmp_path):
-    sdxl = tmp_path / "sdxl"
-    shutil.copytree(sd_dir, sdxl)
-    config_path = sdxl / "unet" / "config.json"
-    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), addition_embed_type="text_time")))
+def test_other_extra_conditioning_is_refused(sd_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(sd_dir, other)
+    config_path = other / "unet" / "config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), addition_embed_type="text_image")))
     with pytest.raises(UsageError) as excinfo:
-        load_model(sdxl, prompts=["a cat"])
-    assert_one_line(excinfo, "uses addition_embed_type 'text_time' (SDXL-style extra conditioning)")
+        load_model(other, prompts=["a cat"])
+    assert_one_line(excinfo, "uses addition_embed_type 'text_image' (extra conditioning)", "SDXL's")
+
+
+def test_sdxl_without_its_second_text_encoder_or_as_a_refiner_is_refused(sdxl_dir, tmp_path):
+    for folder in ("tokenizer_2", "text_encoder_2"):
+        broken = tmp_path / f"no-{folder}"
+        shutil.copytree(sdxl_dir, broken)
+        shutil.rmtree(broken / folder)
+        with pytest.raises(UsageError) as excinfo:
+            load_model(broken, prompts=["a cat"])
+        assert_one_line(excinfo, f"has an SDXL UNet but no {folder}/", "copy the whole pipeline directory")
+    refiner = tmp_path / "refiner"  # 5 features per size id: 5 x 6 + 8 = 38 inputs where the UNet has 32
+    shutil.copytree(sdxl_dir, refiner)
+    config_path = refiner / "unet" / "config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), addition_time_embed_dim=5)))
+    with pytest.raises(UsageError) as excinfo:
+        load_model(refiner, prompts=["a cat"])
+    assert_one_line(excinfo, "expects 32 added conditioning features, not the 38", "SDXL base pipelines")
+
+
+@pytest.mark.parametrize("negative", [None, "a dog."])
+def test_aligned_scheduler_in_an_unmodified_sdxl_pipeline(sdxl_dir, negative, tmp_path):
+    """Both text encoders, the pooled embedding and the size ids as StableDiffusionXLPipeline makes
+    them; without a negative prompt the null condition is zero (force_zeros_for_empty_prompt)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from dpm_align.aligner_core.artifacts.artifact import write_artifact
+    from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
+
+    model = load_model(sdxl_dir, prompts=PROMPTS, guidance_scale=3.0, negative_prompt=negative)
+    assert model.eps.net.time_ids.tolist() == [16, 16, 0, 0, 16, 16]
+    assert (model.eps.net.pooled[-1] == 0).all() == (negative is None)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
+    artifact = shifted_artifact(model, plan)
+    write_artifact(artifact, tmp_path / "taus.json")
+    (batch,) = generate(model, plan, artifact.taus, num_samples=4, batch_size=4, seed=0)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_dir), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = AlignedScheduler.from_artifact(tmp_path / "taus.json", unet=pipe.unet)
+    x_T = PerSampleNoise(0, range(4), model.sample_shape, "cpu")().float()
+    latents = pipe(prompt=[PROMPTS[i % 2] for i in range(4)], latents=x_T, guidance_scale=3.0, output_type="latent",
+                   negative_prompt=None if negative is None else [negative] * 4,
+                   num_inference_steps=pipe.scheduler.num_inference_steps).images
+    assert_close_to_scale(batch.samples, latents, tol=1e-4)
+
+
+def test_sdxl_align_sample_inspect(cli, sdxl_dir, tmp_path):
+    out = tmp_path / "taus.json"
+    result = cli("align", "--model", sdxl_dir, "--prompt", "a cat", "--guidance-scale", "5", "--out", out, "--no-cache",
+                 *TINY_FIT)
+    assert result.exit_code == 0, result.output
+    assert read_artifact(out).key.endswith("-nfe3-text-cfg5")
+    result = cli("sample", "--model", sdxl_dir, "--prompt", "a bird", "--guidance-scale", "5", "--nfe", "3", "-n", "2",
+                 "--taus", out, "--out", tmp_path / "png", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "png" / "000001.png").size == (16, 16)
+    result = cli("inspect", out, "--check", "--model", sdxl_dir)
+    assert result.exit_code == 0, result.output
 
 
 def test_empty_prompts_file(cli, sd_dir, tmp_path):

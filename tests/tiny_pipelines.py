@@ -1,6 +1,6 @@
 """Tiny random-weight diffusers pipelines, built and saved by the tests (nothing is downloaded):
-Stable Diffusion (a CLIP text model with a hand-made 56-token vocabulary, UNet2DConditionModel, VAE)
-and DiT (DiTTransformer2DModel with learned sigma, VAE). Latents are 4 x 8 x 8, images 3 x 16 x 16."""
+Stable Diffusion (a CLIP text model with a hand-made 56-token vocabulary, UNet2DConditionModel, VAE),
+SDXL (two such text models) and DiT (DiTTransformer2DModel with learned sigma, VAE). Latents are 4 x 8 x 8, images 3 x 16 x 16."""
 
 from __future__ import annotations
 
@@ -54,6 +54,31 @@ def tiny_sd_pipeline(directory: Path, prediction_type: str = "epsilon", seed: in
     pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    pipe.save_pretrained(str(directory))
+    return pipe
+
+
+def tiny_sdxl_pipeline(directory: Path, seed: int = 0):
+    """A StableDiffusionXLPipeline saved into ``directory``: two tiny CLIP text encoders (hidden 16 each,
+    the second with a projection of 8: the pooled embedding), a UNet with SDXL's text_time addition
+    (4 features per size id: 6 x 4 + 8 = 32 inputs) and cross-attention over the 32 concatenated features."""
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=8))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=32)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler)
     pipe.save_pretrained(str(directory))
     return pipe
 

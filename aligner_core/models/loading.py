@@ -44,7 +44,8 @@ from ..errors import DpmAlignError, UsageError, first_line
 from .model import PREDICTION_TYPES, Conditioning, EpsModel, check_precision
 from .nets import ARCHITECTURES
 from .pipelines import (TEXT_UNETS, TRANSFORMERS, LatentDecoder, TextUNet, check_text_pipeline, denoiser_folder,
-                        encode_prompts, load_dit, load_text_unet, load_vae, quiet_loading, text_conditioning)
+                        encode_prompts, encode_prompts_xl, is_sdxl, load_dit, load_text_unet, load_vae, quiet_loading,
+                        text_conditioning)
 from ..sampling.schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -296,7 +297,7 @@ def _from_diffusers(path: Path, schedule: str | None) -> _Found:
     kind = config.get("_class_name")
     text = None
     if kind in TEXT_UNETS:
-        check_text_pipeline(path)
+        check_text_pipeline(path, is_sdxl(config))
         net, classes, text = load_text_unet(path, config), None, path
     elif kind in TRANSFORMERS:
         net = load_dit(path, config)
@@ -654,7 +655,13 @@ def load_model(
     if found.text_pipeline is not None:
         prompts = prompts or ([""] if identity_only else None)
         conditioning = text_conditioning(prompts, negative_prompt, guidance_scale, null_class, found.source)
-        found.net = TextUNet(found.net, encode_prompts(found.text_pipeline, prompts, negative_prompt or "", dev))
+        if is_sdxl(found.net.config):
+            shape = found.sample_shape if found.decoder is None else found.decoder.image_shape(found.sample_shape)
+            size = (int(shape[1]), int(shape[2]))  # the pipeline's default height and width
+            embeddings = encode_prompts_xl(found.text_pipeline, prompts, negative_prompt, size, found.net, dev)
+        else:
+            embeddings = encode_prompts(found.text_pipeline, prompts, negative_prompt or "", dev)
+        found.net = TextUNet(found.net, embeddings)
     elif prompts or negative_prompt is not None:
         raise UsageError(f"{found.source} is not text-conditioned; drop --prompt, --prompts and --negative-prompt")
     else:

@@ -1,6 +1,7 @@
 """Diffusers pipelines beyond pixel-space ``UNet2DModel``: latent pipelines (a ``vae/``), text
-conditioning (Stable Diffusion: ``tokenizer/`` + ``text_encoder/`` CLIP + ``UNet2DConditionModel``)
-and DiT (``Transformer2DModel`` / ``DiTTransformer2DModel``: class labels, learned sigma).
+conditioning (Stable Diffusion: ``tokenizer/`` + ``text_encoder/`` CLIP + ``UNet2DConditionModel``;
+SDXL: a second tokenizer and text encoder, pooled text embeddings and size ids) and DiT
+(``Transformer2DModel`` / ``DiTTransformer2DModel``: class labels, learned sigma).
 
 Every wrapper keeps the diffusers denoiser at ``.unet`` (a UNet or a transformer), so that the
 model's sha256 is that of the denoiser's tensors (``unet.<name>``) in every form, as
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import dataclass
 import json
 import logging
 import sys
@@ -54,15 +56,20 @@ def quiet_loading() -> Iterator[None]:
 
 class TextUNet(nn.Module):
     """``UNet2DConditionModel(x, t, encoder_hidden_states=embeddings[labels]).sample``: labels are
-    indices into the table of prompt embeddings (the last row is the null condition)."""
+    indices into the table of prompt embeddings (the last row is the null condition). SDXL's UNet
+    also gets ``added_cond_kwargs``: the pooled embedding of the same row and the size ids."""
 
-    def __init__(self, unet: nn.Module, embeddings: torch.Tensor):
+    def __init__(self, unet: nn.Module, prompts: "PromptEmbeddings"):
         super().__init__()
         self.unet = unet
-        self.register_buffer("embeddings", embeddings, persistent=False)
+        self.register_buffer("embeddings", prompts.hidden, persistent=False)
+        self.register_buffer("pooled", prompts.pooled, persistent=False)
+        self.register_buffer("time_ids", prompts.time_ids, persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, encoder_hidden_states=self.embeddings[labels].to(x.dtype)).sample
+        extra = {} if self.pooled is None else {"added_cond_kwargs": {
+            "text_embeds": self.pooled[labels].to(x.dtype), "time_ids": self.time_ids.to(x.dtype).expand(x.shape[0], -1)}}
+        return self.unet(x, t, encoder_hidden_states=self.embeddings[labels].to(x.dtype), **extra).sample
 
 
 class DiTNet(nn.Module):
@@ -136,15 +143,23 @@ def _load(cls, path: Path, subfolder: str, what: str) -> nn.Module:
                          "the files are missing or corrupt") from None
 
 
+SDXL_ADDITION = "text_time"  # SDXL's addition_embed_type: pooled text embedding + size ids
+
+
+def is_sdxl(config: dict) -> bool:
+    return config.get("addition_embed_type") == SDXL_ADDITION
+
+
 def load_text_unet(path: Path, config: dict) -> nn.Module:
-    """The UNet2DConditionModel of a Stable Diffusion pipeline (without its prompt embeddings)."""
+    """The UNet2DConditionModel of a Stable Diffusion or SDXL pipeline (without its prompt embeddings)."""
     from diffusers import UNet2DConditionModel
 
-    unsupported = {key: config.get(key) for key in ("class_embed_type", "addition_embed_type") if config.get(key)}
+    unsupported = {key: config.get(key) for key in ("class_embed_type", "addition_embed_type")
+                   if config.get(key) and not (key == "addition_embed_type" and is_sdxl(config))}
     if unsupported:
         key, value = next(iter(unsupported.items()))
-        raise UsageError(f"{path / 'unet'} uses {key} {value!r} (SDXL-style extra conditioning); dpm-align supports "
-                         "Stable Diffusion 1.x/2.x UNets conditioned on text only")
+        raise UsageError(f"{path / 'unet'} uses {key} {value!r} (extra conditioning); dpm-align supports Stable "
+                         "Diffusion 1.x/2.x UNets conditioned on text and SDXL's (addition_embed_type 'text_time')")
     return _load(UNet2DConditionModel, path, "unet", "UNet")
 
 
@@ -163,13 +178,14 @@ def load_vae(path: Path) -> LatentDecoder:
     return LatentDecoder(_load(AutoencoderKL, path, "vae", "VAE").eval().requires_grad_(False))
 
 
-def check_text_pipeline(path: Path) -> None:
-    """A text-conditioned pipeline needs its tokenizer and text encoder (and transformers)."""
-    missing = [folder for folder in ("tokenizer", "text_encoder") if not (path / folder).is_dir()]
+def check_text_pipeline(path: Path, sdxl: bool = False) -> None:
+    """A text-conditioned pipeline needs its tokenizer and text encoder, SDXL's both pairs (and transformers)."""
+    folders = ("tokenizer", "text_encoder", *(("tokenizer_2", "text_encoder_2") if sdxl else ()))
+    missing = [folder for folder in folders if not (path / folder).is_dir()]
     if missing:
-        raise UsageError(f"{path} has a text-conditioned UNet but no {' or '.join(f'{m}/' for m in missing)}; "
-                         "copy the whole Stable Diffusion pipeline directory (tokenizer, text_encoder, unet, "
-                         "scheduler, vae)")
+        kind = "an SDXL UNet" if sdxl else "a text-conditioned UNet"
+        raise UsageError(f"{path} has {kind} but no {' or '.join(f'{m}/' for m in missing)}; copy the whole "
+                         f"pipeline directory ({', '.join(folders)}, unet, scheduler, vae)")
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -196,19 +212,68 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+@dataclass
+class PromptEmbeddings:
+    """One row per prompt and a last one for the null condition: the text encoder's hidden states
+    [P + 1, L, D]; for SDXL also the pooled embeddings [P + 1, D'] and the size ids [6]."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+
+def _tokens(path: Path, folder: str, texts: Sequence[str]):
+    from transformers import CLIPTokenizer
+
+    tokenizer = _load(CLIPTokenizer, path, folder, "tokenizer")
+    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt")
+
+
 @torch.no_grad()
-def encode_prompts(path: Path, prompts: Sequence[str], null_prompt: str, device: torch.device) -> torch.Tensor:
-    """[P + 1, L, D] CLIP embeddings of the prompts and of the null prompt (last row), as
+def encode_prompts(path: Path, prompts: Sequence[str], null_prompt: str, device: torch.device) -> PromptEmbeddings:
+    """CLIP embeddings of the prompts and of the null prompt (last row), as
     StableDiffusionPipeline.encode_prompt makes them (padded to the tokenizer's max length, the
     last hidden state; the attention mask only if the encoder's config asks for it)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    tokenizer = _load(CLIPTokenizer, path, "tokenizer", "tokenizer")
+    tokens = _tokens(path, "tokenizer", [*prompts, null_prompt])
     encoder = _load(CLIPTextModel, path, "text_encoder", "text encoder").to(device).eval()
-    tokens = tokenizer([*prompts, null_prompt], padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
     mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
-    return encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
+    return PromptEmbeddings(encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float())
+
+
+@torch.no_grad()
+def encode_prompts_xl(path: Path, prompts: Sequence[str], negative_prompt: str | None, image_size: tuple[int, int],
+                      unet: nn.Module, device: torch.device) -> PromptEmbeddings:
+    """SDXL's conditioning as StableDiffusionXLPipeline.encode_prompt and _get_add_time_ids make it:
+    the penultimate hidden states of both text encoders side by side, the second encoder's
+    projected (pooled) embedding, and the size ids (original size, crop (0, 0), target size: the
+    pipeline's default image size). The null row is the negative prompt's, or the empty prompt's;
+    it is zero when no negative prompt is given and ``force_zeros_for_empty_prompt`` (SDXL's
+    default, read from model_index.json) is set."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    texts = [*prompts, negative_prompt or ""]
+    hidden, pooled = [], None
+    for suffix, cls in (("", CLIPTextModel), ("_2", CLIPTextModelWithProjection)):
+        encoder = _load(cls, path, f"text_encoder{suffix}", "text encoder").to(device).eval()
+        out = encoder(_tokens(path, f"tokenizer{suffix}", texts).input_ids.to(device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2].float())
+        if suffix:
+            pooled = out.text_embeds.float()
+    embeddings = PromptEmbeddings(torch.cat(hidden, dim=-1), pooled,
+                                  torch.tensor([*image_size, 0, 0, *image_size], dtype=torch.float32, device=device))
+    index = json.loads((path / "model_index.json").read_text())
+    if negative_prompt is None and index.get("force_zeros_for_empty_prompt", True):
+        embeddings.hidden[-1] = 0
+        embeddings.pooled[-1] = 0
+    expected = unet.add_embedding.linear_1.in_features
+    given = unet.config.addition_time_embed_dim * embeddings.time_ids.numel() + pooled.shape[-1]
+    if given != expected:
+        raise UsageError(f"{path / 'unet'} expects {expected} added conditioning features, not the {given} of SDXL's "
+                         "pooled text embedding and 6 size ids (an SDXL refiner?); dpm-align supports SDXL base pipelines")
+    return embeddings
 
 
 def text_conditioning(prompts: Sequence[str] | None, negative_prompt: str | None, guidance_scale: float | None,
