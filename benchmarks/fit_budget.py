@@ -46,6 +46,19 @@ def model_path(name: str, zoo: Path) -> str | None:
     return str(weights if weights.is_file() else zoo / name)
 
 
+def end_errors(model, plan: SamplingPlan, candidates: dict, samples: int, reference_nfe: int) -> dict[str, torch.Tensor]:
+    """Per candidate (None: plain; taus; (grid, taus)), the end-point L2 of DDIM on ``plan``'s grid
+    from the verdict's ``samples`` held-out noises to one reference, end points as delivered."""
+    errors: dict[str, list[torch.Tensor]] = {k: [] for k in candidates}
+    for states in paired_trajectories(model.eps, plan.grid, "ddim", 0.0, candidates, model.sample_shape,
+                                      num_samples=samples, reference_nfe=reference_nfe, seed=HELD_OUT_SEED_OFFSET,
+                                      ends_only=True):
+        reference = model.eps.delivered(states["reference"][-1])
+        for k in candidates:
+            errors[k].append((model.eps.delivered(states[k][-1]) - reference).flatten(1).norm(dim=1))
+    return {k: torch.cat(v) for k, v in errors.items()}
+
+
 def parse_budget(text: str) -> dict:
     """``a/b``, ``a/bpN``, then ``,key=value`` pairs: the ``FitConfig`` overrides of a budget (Adam steps of
     the taus and of grid+taus, the patience, further fields)."""
@@ -84,14 +97,7 @@ def main() -> None:
             fits[label] = (time.perf_counter() - start, result.candidate,
                            {k: [c.steps, c.best_iteration, c.holdout_loss] for k, c in result.candidates.items()})
             candidates[label] = result.taus if result.grid is None else (result.grid, result.taus)
-        errors: dict[str, list[torch.Tensor]] = {k: [] for k in candidates}
-        for states in paired_trajectories(model.eps, plan.grid, "ddim", 0.0, candidates, model.sample_shape,
-                                          num_samples=args.samples, reference_nfe=args.reference_nfe,
-                                          seed=HELD_OUT_SEED_OFFSET, ends_only=True):
-            reference = model.eps.delivered(states["reference"][-1])
-            for k in candidates:
-                errors[k].append((model.eps.delivered(states[k][-1]) - reference).flatten(1).norm(dim=1))
-        errors = {k: torch.cat(v) for k, v in errors.items()}
+        errors = end_errors(model, plan, candidates, args.samples, args.reference_nfe)
         first = next(iter(fits))
         for label, (seconds, winner, steps) in fits.items():
             vs_plain = mean_ratio_change(errors["plain"], errors[label], 0.95)

@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 
 from dpm_align.aligner_core.api import SamplingPlan
-from dpm_align.aligner_core.evaluation.compare import paired_trajectories
-from dpm_align.aligner_core.evaluation.validation import HELD_OUT_SEED_OFFSET
 from dpm_align.aligner_core.evaluation.verdict import mean_ratio_change
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from fit_budget import model_path
+from fit_budget import end_errors, model_path
 
 KINDS = ("quadratic", "logsnr")
 
@@ -45,14 +43,7 @@ def main() -> None:
             for kind in KINDS:  # ddim: one evaluation per step, at the step's start
                 grid = make_grid(kind, nfe, model.eps.schedule)
                 candidates[kind] = (list(grid), list(grid[:-1]))
-            errors: dict[str, list[torch.Tensor]] = {k: [] for k in candidates}
-            for states in paired_trajectories(model.eps, plan.grid, "ddim", 0.0, candidates, model.sample_shape,
-                                              num_samples=args.samples, reference_nfe=args.reference_nfe,
-                                              seed=HELD_OUT_SEED_OFFSET, ends_only=True):
-                reference = model.eps.delivered(states["reference"][-1])
-                for k in candidates:
-                    errors[k].append((model.eps.delivered(states[k][-1]) - reference).flatten(1).norm(dim=1))
-            errors = {k: torch.cat(v) for k, v in errors.items()}
+            errors = end_errors(model, plan, candidates, args.samples, args.reference_nfe)
             changes = [(k, mean_ratio_change(errors["uniform"], errors[k], 0.95)) for k in KINDS]
             print(f"{name:28s} nfe {nfe:2d}: uniform end L2 {errors['uniform'].mean():.3f}; vs uniform: "
                   + "; ".join(f"{k} {c.change:+.1%} [{c.low:+.1%}, {c.high:+.1%}]" for k, c in changes), flush=True)

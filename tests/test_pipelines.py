@@ -271,14 +271,16 @@ def test_text_model_without_prompts(cli, sd_dir, tmp_path):
     one_line_error(result, 2, "is text-conditioned; pass --prompt TEXT (repeatable) or --prompts FILE")
 
 
-def test_missing_tokenizer_or_text_encoder(sd_dir, tmp_path):
-    for folder in ("tokenizer", "text_encoder"):
-        broken = tmp_path / f"no-{folder}"
-        shutil.copytree(sd_dir, broken)
-        shutil.rmtree(broken / folder)
-        with pytest.raises(UsageError) as excinfo:
-            load_model(broken, prompts=["a cat"])
-        assert_one_line(excinfo, f"has a text-conditioned UNet but no {folder}/", "copy the whole pipeline directory")
+@pytest.mark.parametrize("pipeline,folder,kind", [
+    ("sd_dir", "tokenizer", "a text-conditioned UNet"), ("sd_dir", "text_encoder", "a text-conditioned UNet"),
+    ("sdxl_dir", "tokenizer_2", "an SDXL UNet"), ("sdxl_dir", "text_encoder_2", "an SDXL UNet")])
+def test_missing_tokenizer_or_text_encoder(request, pipeline, folder, kind, tmp_path):
+    broken = tmp_path / f"no-{folder}"
+    shutil.copytree(request.getfixturevalue(pipeline), broken)
+    shutil.rmtree(broken / folder)
+    with pytest.raises(UsageError) as excinfo:
+        load_model(broken, prompts=["a cat"])
+    assert_one_line(excinfo, f"has {kind} but no {folder}/", "copy the whole pipeline directory")
 
 
 def test_other_extra_conditioning_is_refused(sd_dir, tmp_path):
@@ -291,14 +293,7 @@ def test_other_extra_conditioning_is_refused(sd_dir, tmp_path):
     assert_one_line(excinfo, "uses addition_embed_type 'text_image' (extra conditioning)", "SDXL's")
 
 
-def test_sdxl_without_its_second_text_encoder_or_as_a_refiner_is_refused(sdxl_dir, tmp_path):
-    for folder in ("tokenizer_2", "text_encoder_2"):
-        broken = tmp_path / f"no-{folder}"
-        shutil.copytree(sdxl_dir, broken)
-        shutil.rmtree(broken / folder)
-        with pytest.raises(UsageError) as excinfo:
-            load_model(broken, prompts=["a cat"])
-        assert_one_line(excinfo, f"has an SDXL UNet but no {folder}/", "copy the whole pipeline directory")
+def test_an_sdxl_refiner_is_refused(sdxl_dir, tmp_path):
     refiner = tmp_path / "refiner"  # 5 features per size id: 5 x 6 + 8 = 38 inputs where the UNet has 32
     shutil.copytree(sdxl_dir, refiner)
     config_path = refiner / "unet" / "config.json"

@@ -1,0 +1,127 @@
+"""Stable Diffusion 1.5- and SDXL-shaped pipelines with random weights, to run dpm-align at the real size offline.
+
+    python benchmarks/real_size_pipelines.py sd15 DIR      # about 4.3 GB (fp32)
+    python benchmarks/real_size_pipelines.py sdxl DIR      # about 14 GB (fp32)
+
+No SD weights can be fetched here, so this builds the same architectures from their published
+configs, with random weights:
+- SD 1.5: UNet2DConditionModel (320/640/1280/1280 channels, cross-attention 768, 64x64 latents,
+  860M parameters), CLIP ViT-L/14's text model (12 layers, 768 wide, 77 tokens), the SD VAE
+  (128/256/512/512, scaling factor 0.18215) and SD 1.5's PNDMScheduler config (scaled_linear
+  0.00085..0.012, steps_offset 1).
+- SDXL base 1.0: its UNet (320/640/1280, 1/2/10 transformer layers, cross-attention 2048, text_time
+  addition with 256 features per size id and 2816 inputs, 128x128 latents, 2.6B parameters), CLIP
+  ViT-L/14's and OpenCLIP ViT-bigG/14's text models (the second with its 1280 projection), the
+  SDXL VAE (scaling factor 0.13025) and its EulerDiscreteScheduler config.
+The tokenizers have a hand-made single-letter vocabulary instead of the 49408-token BPE one, whose
+files are not here. model_index.json lists what the real one lists (SD 1.5: a safety checker and
+a feature extractor, whose folders hold only a config): dpm-align must not load them. The images
+are noise; what this measures is that the real layout loads, and the cost at the real size
+(time, peak memory), e.g.
+
+    /usr/bin/time -v dpm-align sample --model DIR --prompt "a cat" --guidance-scale 7.5 --nfe 4 -n 1 --no-taus --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.tiny_pipelines import tiny_tokenizer  # noqa: E402  (a CLIPTokenizer over single letters)
+
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1,
+              pad_token_id=1)  # openai/clip-vit-large-patch14's text model
+CLIP_BIG_G = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                  projection_dim=1280, hidden_act="gelu")  # laion/CLIP-ViT-bigG-14's text model
+
+
+def tokenizer():
+    made = tiny_tokenizer()
+    made.model_max_length = 77
+    return made
+
+
+def vae(scaling_factor: float, sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                         latent_channels=4, layers_per_block=2, sample_size=sample_size, scaling_factor=scaling_factor)
+
+
+def sd15() -> tuple[dict, dict]:
+    from diffusers import PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    parts = {"tokenizer": tokenizer(), "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+             "unet": UNet2DConditionModel(sample_size=64, cross_attention_dim=768),  # the other defaults are SD 1.5's
+             "vae": vae(0.18215, 512), "scheduler": PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+             "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    return parts, index
+
+
+def sdxl() -> tuple[dict, dict]:
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        addition_embed_type_num_heads=64, projection_class_embeddings_input_dim=2816)
+    parts = {"unet": unet, "vae": vae(0.13025, 1024), "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIG_G)), "tokenizer": tokenizer(),
+             "tokenizer_2": tokenizer(),
+             "scheduler": EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                 steps_offset=1, timestep_spacing="leading")}
+    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0.dev0",
+             "force_zeros_for_empty_prompt": True, "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    return parts, index
+
+
+KINDS = {"sd15": sd15, "sdxl": sdxl}
+
+
+def build(kind: str, directory: Path, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    parts, index = KINDS[kind]()
+    for name, part in parts.items():
+        part.save_pretrained(str(directory / name))
+    listed = {name: entry[1] for name, entry in index.items() if isinstance(entry, list)}
+    for name in listed.keys() - parts.keys():  # listed but not built (SD 1.5's safety checker): a config only
+        (directory / name).mkdir(exist_ok=True)
+        (directory / name / "config.json").write_text(json.dumps({"architectures": [listed[name]]}))
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items() if hasattr(part, "parameters")}
+    print(json.dumps({"directory": str(directory), "parameters": counts}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=sorted(KINDS))
+    ap.add_argument("directory", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    build(args.kind, args.directory, args.seed)
+
+
+if __name__ == "__main__":
+    main()
