@@ -2,6 +2,7 @@
 
     python benchmarks/real_size_pipelines.py sd15 DIR      # about 4.3 GB (fp32)
     python benchmarks/real_size_pipelines.py sdxl DIR      # about 14 GB (fp32)
+    python benchmarks/real_size_pipelines.py check DIR     # AlignedScheduler in the unmodified pipeline vs sample
 
 No SD weights can be fetched here, so this builds the same architectures from their published
 configs, with random weights:
@@ -100,6 +101,49 @@ def sdxl() -> tuple[dict, dict]:
 KINDS = {"sd15": sd15, "sdxl": sdxl}
 
 
+def check(directory: Path, nfe: int = 2, samples: int = 2, guidance: float = 7.5) -> None:
+    """Taus for ``directory`` (a 2-iteration golden fit on 2 noises, moved 5 t-units per evaluation
+    so that they matter: a check of the plumbing, not of quality) written as an artifact; then
+    ``dpm-align sample``'s latents against the unmodified diffusers pipeline (its class from
+    model_index.json) with ``AlignedScheduler.from_artifact`` from the same x_T, prompts and guidance."""
+    import tempfile
+    import time
+
+    import diffusers
+
+    from dpm_align.aligner_core.api import SamplingPlan, align, generate
+    from dpm_align.aligner_core.artifacts.artifact import write_artifact
+    from dpm_align.aligner_core.fitting.fit import resolve_config
+    from dpm_align.aligner_core.models.loading import load_model
+    from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
+    from dpm_align.aligner_core.sampling.samplers import PerSampleNoise
+
+    prompts = ["a cat", "a dog."]
+    start = time.perf_counter()
+    model = load_model(directory, prompts=prompts, guidance_scale=guidance)
+    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", nfe)
+    fitted = align(model, plan, resolve_config("golden", iterations=2, num_samples=2, batch_size=2))
+    artifact = fitted.model_copy(update={"taus": [t - 5.0 * (i + 1) for i, t in enumerate(fitted.taus)]})
+    (ours,) = generate(model, plan, artifact.taus, num_samples=samples, batch_size=samples, seed=0)
+    ours_s = time.perf_counter() - start
+    index = json.loads((directory / "model_index.json").read_text())
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    unloaded = {"safety_checker": None} if "safety_checker" in index else {}  # SD 1.5 lists one; it is not built here
+    pipe = pipeline_class.from_pretrained(str(directory), local_files_only=True, **unloaded)
+    pipe.set_progress_bar_config(disable=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifact(artifact, Path(tmp) / "taus.json")
+        pipe.scheduler = AlignedScheduler.from_artifact(Path(tmp) / "taus.json", unet=pipe.unet)
+    x_T = PerSampleNoise(0, range(samples), model.sample_shape, "cpu")().float()
+    theirs = pipe(prompt=[prompts[i % 2] for i in range(samples)], latents=x_T, guidance_scale=guidance,
+                  output_type="latent", num_inference_steps=pipe.scheduler.num_inference_steps).images
+    scale = max(1.0, float(theirs.abs().max()))
+    error = float((ours.samples.double() - theirs.double()).abs().max())
+    print(json.dumps({"directory": str(directory), "pipeline": pipeline_class.__name__, "key": artifact.key,
+                      "taus": artifact.taus, "max_abs_diff": error, "scale": scale, "relative": error / scale,
+                      "ours_s_with_fit": round(ours_s, 1), "total_s": round(time.perf_counter() - start, 1)}))
+
+
 def build(kind: str, directory: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     parts, index = KINDS[kind]()
@@ -116,11 +160,14 @@ def build(kind: str, directory: Path, seed: int = 0) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=sorted(KINDS))
+    ap.add_argument("action", choices=[*sorted(KINDS), "check"], help="build a pipeline of this kind, or check one")
     ap.add_argument("directory", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    build(args.kind, args.directory, args.seed)
+    if args.action == "check":
+        check(args.directory)
+    else:
+        build(args.action, args.directory, args.seed)
 
 
 if __name__ == "__main__":
