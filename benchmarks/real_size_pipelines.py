@@ -2,6 +2,7 @@
 
     python benchmarks/real_size_pipelines.py sd15 DIR      # about 4.3 GB (fp32)
     python benchmarks/real_size_pipelines.py sdxl DIR      # about 14 GB (fp32)
+    python benchmarks/real_size_pipelines.py dit DIR       # about 3 GB (fp32)
     python benchmarks/real_size_pipelines.py check DIR     # AlignedScheduler in the unmodified pipeline vs sample
 
 No SD weights can be fetched here, so this builds the same architectures from their published
@@ -14,6 +15,10 @@ configs, with random weights:
   addition with 256 features per size id and 2816 inputs, 128x128 latents, 2.6B parameters), CLIP
   ViT-L/14's and OpenCLIP ViT-bigG/14's text models (the second with its 1280 projection), the
   SDXL VAE (scaling factor 0.13025) and its EulerDiscreteScheduler config.
+- DiT-XL/2 at 256: its transformer (28 layers, 16 heads x 72, patch 2, 32x32 latents, 1000 classes,
+  learned sigma; saved under the legacy class name Transformer2DModel as facebook/DiT-XL-2-256 is;
+  750M parameters in diffusers' layout, which repeats the timestep and label embedders in each of
+  the 28 blocks, 672M without the repeats), the SD VAE and its DDIMScheduler config.
 The tokenizers have a hand-made single-letter vocabulary instead of the 49408-token BPE one, whose
 files are not here. model_index.json lists what the real one lists (SD 1.5: a safety checker and
 a feature extractor, whose folders hold only a config): dpm-align must not load them. The images
@@ -98,50 +103,74 @@ def sdxl() -> tuple[dict, dict]:
     return parts, index
 
 
-KINDS = {"sd15": sd15, "sdxl": sdxl}
+def dit() -> tuple[dict, dict]:
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    parts = {"transformer": DiTTransformer2DModel(out_channels=8),  # the other defaults are DiT-XL/2's
+             "vae": vae(0.18215, 256), "scheduler": DDIMScheduler(clip_sample=False)}
+    index = {"_class_name": "DiTPipeline", "_diffusers_version": "0.12.0.dev0",
+             "scheduler": ["diffusers", "DDIMScheduler"], "transformer": ["diffusers", "Transformer2DModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    return parts, index
+
+
+KINDS = {"sd15": sd15, "sdxl": sdxl, "dit": dit}
 
 
 def check(directory: Path, nfe: int = 2, samples: int = 2, guidance: float = 7.5) -> None:
     """Taus for ``directory`` (a 2-iteration golden fit on 2 noises, moved 5 t-units per evaluation
     so that they matter: a check of the plumbing, not of quality) written as an artifact; then
     ``dpm-align sample``'s latents against the unmodified diffusers pipeline (its class from
-    model_index.json) with ``AlignedScheduler.from_artifact`` from the same x_T, prompts and guidance."""
+    model_index.json) with ``AlignedScheduler.from_artifact`` from the same x_T, prompts and guidance;
+    for DiT (which draws its own latents) the decoded images from the pipeline's generator's x_T."""
     import tempfile
     import time
 
     import diffusers
 
-    from dpm_align.aligner_core.api import SamplingPlan, align, generate
+    from dpm_align.aligner_core.api import SamplingPlan, align, decode, generate
     from dpm_align.aligner_core.artifacts.artifact import write_artifact
     from dpm_align.aligner_core.fitting.fit import resolve_config
     from dpm_align.aligner_core.models.loading import load_model
     from dpm_align.aligner_core.sampling.diffusers_scheduler import AlignedScheduler
-    from dpm_align.aligner_core.sampling.samplers import PerSampleNoise
+    from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
 
-    prompts = ["a cat", "a dog."]
+    index = json.loads((directory / "model_index.json").read_text())
+    text = "text_encoder" in index
+    prompts, labels = (["a cat", "a dog."], None) if text else (None, [207, 360][:samples])
+    guidance = guidance if text else 4.0  # DiT's usual scale
     start = time.perf_counter()
     model = load_model(directory, prompts=prompts, guidance_scale=guidance)
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", nfe)
     fitted = align(model, plan, resolve_config("golden", iterations=2, num_samples=2, batch_size=2))
     artifact = fitted.model_copy(update={"taus": [t - 5.0 * (i + 1) for i, t in enumerate(fitted.taus)]})
-    (ours,) = generate(model, plan, artifact.taus, num_samples=samples, batch_size=samples, seed=0)
-    ours_s = time.perf_counter() - start
-    index = json.loads((directory / "model_index.json").read_text())
+    fit_s = time.perf_counter() - start
     pipeline_class = getattr(diffusers, index["_class_name"])
     unloaded = {"safety_checker": None} if "safety_checker" in index else {}  # SD 1.5 lists one; it is not built here
     pipe = pipeline_class.from_pretrained(str(directory), local_files_only=True, **unloaded)
     pipe.set_progress_bar_config(disable=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifact(artifact, Path(tmp) / "taus.json")
-        pipe.scheduler = AlignedScheduler.from_artifact(Path(tmp) / "taus.json", unet=pipe.unet)
-    x_T = PerSampleNoise(0, range(samples), model.sample_shape, "cpu")().float()
-    theirs = pipe(prompt=[prompts[i % 2] for i in range(samples)], latents=x_T, guidance_scale=guidance,
-                  output_type="latent", num_inference_steps=pipe.scheduler.num_inference_steps).images
+        pipe.scheduler = AlignedScheduler.from_artifact(Path(tmp) / "taus.json", unet=pipe.unet if text else pipe.transformer)
+    steps = pipe.scheduler.num_inference_steps
+    if text:
+        x_T = PerSampleNoise(0, range(samples), model.sample_shape, "cpu")().float()
+        theirs = pipe(prompt=[prompts[i % 2] for i in range(samples)], latents=x_T, guidance_scale=guidance,
+                      output_type="latent", num_inference_steps=steps).images
+        (ours,) = generate(model, plan, artifact.taus, num_samples=samples, batch_size=samples, seed=0)
+        mine = ours.samples
+    else:  # DiTPipeline draws its latents from its generator and returns images in [0, 1]: compare decoded images
+        theirs = pipe(class_labels=labels, guidance_scale=guidance, generator=torch.Generator().manual_seed(5),
+                      num_inference_steps=steps, output_type="pt").images
+        x_T = torch.randn((samples, *model.sample_shape), generator=torch.Generator().manual_seed(5))
+        latents = run_sampler("ddim", model.eps.bind(torch.tensor(labels)), x_T.double(), plan.grid, artifact.taus,
+                              StepContext(model.eps.schedule, 0.0))
+        mine = decode(model, latents) / 2 + 0.5
     scale = max(1.0, float(theirs.abs().max()))
-    error = float((ours.samples.double() - theirs.double()).abs().max())
+    error = float((mine.double() - theirs.double()).abs().max())
     print(json.dumps({"directory": str(directory), "pipeline": pipeline_class.__name__, "key": artifact.key,
                       "taus": artifact.taus, "max_abs_diff": error, "scale": scale, "relative": error / scale,
-                      "ours_s_with_fit": round(ours_s, 1), "total_s": round(time.perf_counter() - start, 1)}))
+                      "load_and_fit_s": round(fit_s, 1), "total_s": round(time.perf_counter() - start, 1)}))
 
 
 def build(kind: str, directory: Path, seed: int = 0) -> None:
@@ -154,6 +183,9 @@ def build(kind: str, directory: Path, seed: int = 0) -> None:
         (directory / name).mkdir(exist_ok=True)
         (directory / name / "config.json").write_text(json.dumps({"architectures": [listed[name]]}))
     (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+    if kind == "dit":  # the legacy class name, as facebook/DiT-XL-2-256 saves it
+        config_path = directory / "transformer" / "config.json"
+        config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), _class_name="Transformer2DModel")))
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items() if hasattr(part, "parameters")}
     print(json.dumps({"directory": str(directory), "parameters": counts}))
 
