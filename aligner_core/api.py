@@ -152,8 +152,11 @@ def align(
     baseline vs aligned on held-out seeds. With several ranks (torchrun) the work is split over
     them and every rank returns the same artifact (``fit_joint``, ``validate``)."""
     check_world(config, world)
-    images = None if data is None else load_data(data, model.sample_shape) if model.decoder is None else \
-        model.decoder.encode(load_data(data, model.decoder.image_shape(model.sample_shape)))  # latent x_0 (Eq. 8)
+    images = None
+    if data is not None and model.decoder is None:
+        images = load_data(data, model.sample_shape)
+    elif data is not None:  # a latent pipeline: the images at the decoded size, encoded into Eq. 8's x_0
+        images = model.decoder.encode(load_data(data, model.image_shape))
     plan = plan.with_gammas(model, data=images, seed=seed, device=device)
     result = fit_taus(
         model.eps, model.eps.schedule, plan.grid, plan.sampler, plan.eta, config, model.sample_shape,

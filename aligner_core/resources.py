@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -15,7 +16,7 @@ class PeakMemory(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str  # "cuda-allocated" | "host-rss"
+    kind: Literal["cuda-allocated", "host-rss"]
     mib: float
 
     def describe(self) -> str:

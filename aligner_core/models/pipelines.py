@@ -154,8 +154,9 @@ def load_text_unet(path: Path, config: dict) -> nn.Module:
     """The UNet2DConditionModel of a Stable Diffusion or SDXL pipeline (without its prompt embeddings)."""
     from diffusers import UNet2DConditionModel
 
-    unsupported = {key: config.get(key) for key in ("class_embed_type", "addition_embed_type")
-                   if config.get(key) and not (key == "addition_embed_type" and is_sdxl(config))}
+    extra = {"class_embed_type": config.get("class_embed_type"),
+             "addition_embed_type": None if is_sdxl(config) else config.get("addition_embed_type")}
+    unsupported = {key: value for key, value in extra.items() if value}
     if unsupported:
         key, value = next(iter(unsupported.items()))
         raise UsageError(f"{path / 'unet'} uses {key} {value!r} (extra conditioning); dpm-align supports Stable "
