@@ -409,7 +409,8 @@ def _print_table(artifact) -> None:
     c = artifact.conditioning
     if isinstance(c, TextConditioning):
         guidance = f"guidance w={c.guidance_scale:g}" if c.guidance_scale != 1 else "no guidance"
-        null = "the negative prompt" if c.negative_prompt_sha256 else "the empty prompt"
+        null = ("the negative prompt" if c.negative_prompt_sha256 else
+                "zeros (force_zeros_for_empty_prompt)" if c.zero_null else "the empty prompt")
         typer.echo(f"conditioning: text, fitted on {c.num_prompts} prompt(s) (sha256 {c.prompts_sha256[:16]}…; "
                    f"{guidance}, null condition {null})")
     elif c is not None:

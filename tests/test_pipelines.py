@@ -79,7 +79,7 @@ def test_sd_align_sample_inspect_eval(cli, sd_dir, prompts_file, tmp_path):
     assert artifact["validation"] is not None
     assert artifact["key"].endswith("-nfe3-text-cfg3")
     assert artifact["conditioning"] == {"kind": "text", "num_prompts": 2, "prompts_sha256": prompts_sha256(PROMPTS),
-                                        "negative_prompt_sha256": None, "guidance_scale": 3.0}
+                                        "negative_prompt_sha256": None, "zero_null": False, "guidance_scale": 3.0}
     assert artifact["model"]["format"] == "diffusers-pipeline"
     # other prompts use the same taus (the prompts are not in the key); images are decoded, 16x16 RGB
     out = tmp_path / "png"
@@ -314,7 +314,7 @@ def test_aligned_scheduler_in_an_unmodified_sdxl_pipeline(sdxl_dir, negative, tm
 
     model = load_model(sdxl_dir, prompts=PROMPTS, guidance_scale=3.0, negative_prompt=negative)
     assert model.eps.net.time_ids.tolist() == [16, 16, 0, 0, 16, 16]
-    assert (model.eps.net.pooled[-1] == 0).all() == (negative is None)
+    assert (model.eps.net.pooled[-1] == 0).all() == (negative is None) == model.eps.conditioning.zero_null
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 3)
     artifact = shifted_artifact(model, plan)
     write_artifact(artifact, tmp_path / "taus.json")
@@ -335,6 +335,7 @@ def test_sdxl_align_sample_inspect(cli, sdxl_dir, tmp_path):
                  *TINY_FIT)
     assert result.exit_code == 0, result.output
     assert read_artifact(out).key.endswith("-nfe3-text-cfg5")
+    assert read_artifact(out).conditioning.zero_null  # force_zeros_for_empty_prompt, no negative prompt
     result = cli("sample", "--model", sdxl_dir, "--prompt", "a bird", "--guidance-scale", "5", "--nfe", "3", "-n", "2",
                  "--taus", out, "--out", tmp_path / "png", "--quiet", "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -343,6 +344,7 @@ def test_sdxl_align_sample_inspect(cli, sdxl_dir, tmp_path):
     assert Image.open(tmp_path / "png" / "000001.png").size == (16, 16)
     result = cli("inspect", out, "--check", "--model", sdxl_dir)
     assert result.exit_code == 0, result.output
+    assert "null condition zeros (force_zeros_for_empty_prompt)" in cli("inspect", out).output
 
 
 def test_empty_prompts_file(cli, sd_dir, tmp_path):

@@ -121,7 +121,7 @@ class TextConditioning(BaseModel):
     """How a text-conditioned network is conditioned: the guidance scale (part of the artifact's key)
     and which prompts (a sha256 and a count, recorded but not in the key: taus fitted on some prompts
     are used for any). Labels are prompt indices; sample i gets prompt i mod ``num_prompts``, and the
-    null condition (index ``num_prompts``) is the empty prompt or the negative prompt."""
+    null condition (index ``num_prompts``) is the empty prompt, the negative prompt, or zeros (SDXL)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,6 +130,8 @@ class TextConditioning(BaseModel):
     prompts_sha256: str = Field(description="sha256 of the prompts as a JSON list of strings, in order")
     negative_prompt_sha256: str | None = Field(None, description="sha256 of the negative prompt (the null "
                                                "condition); None = the empty prompt")
+    zero_null: bool = Field(False, description="the null condition is the zero embedding instead of the empty prompt's "
+                            "(SDXL pipelines with force_zeros_for_empty_prompt and no negative prompt)")
     guidance_scale: float = Field(1.0, ge=0, description="w: eps_null + w (eps_prompt - eps_null); 1 = no guidance")
 
     @property

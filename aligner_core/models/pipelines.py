@@ -265,8 +265,7 @@ def encode_prompts_xl(path: Path, prompts: Sequence[str], negative_prompt: str |
             pooled = out.text_embeds.float()
     embeddings = PromptEmbeddings(torch.cat(hidden, dim=-1), pooled,
                                   torch.tensor([*image_size, 0, 0, *image_size], dtype=torch.float32, device=device))
-    index = json.loads((path / "model_index.json").read_text())
-    if negative_prompt is None and index.get("force_zeros_for_empty_prompt", True):
+    if zero_null_condition(path, negative_prompt):
         embeddings.hidden[-1] = 0
         embeddings.pooled[-1] = 0
     expected = unet.add_embedding.linear_1.in_features
@@ -275,6 +274,13 @@ def encode_prompts_xl(path: Path, prompts: Sequence[str], negative_prompt: str |
         raise UsageError(f"{path / 'unet'} expects {expected} added conditioning features, not the {given} of SDXL's "
                          "pooled text embedding and 6 size ids (an SDXL refiner?); dpm-align supports SDXL base pipelines")
     return embeddings
+
+
+def zero_null_condition(path: Path, negative_prompt: str | None) -> bool:
+    """Whether an SDXL pipeline's null condition is zeros: no negative prompt and
+    ``force_zeros_for_empty_prompt`` (default true) in its model_index.json."""
+    index = json.loads((path / "model_index.json").read_text())
+    return negative_prompt is None and bool(index.get("force_zeros_for_empty_prompt", True))
 
 
 def text_conditioning(prompts: Sequence[str] | None, negative_prompt: str | None, guidance_scale: float | None,
