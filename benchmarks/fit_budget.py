@@ -59,15 +59,19 @@ def end_errors(model, plan: SamplingPlan, candidates: dict, samples: int, refere
     return {k: torch.cat(v) for k, v in errors.items()}
 
 
+def config_overrides(pairs: list[str]) -> dict:
+    """``key=value`` strings (JSON values) as ``FitConfig`` field overrides."""
+    return {k: json.loads(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+
+
 def parse_budget(text: str) -> dict:
     """``a/b``, ``a/bpN``, then ``,key=value`` pairs: the ``FitConfig`` overrides of a budget (Adam steps of
     the taus and of grid+taus, the patience, further fields)."""
     head, *pairs = text.split(",")
     steps, _, patience = head.partition("p")
     taus_steps, grid_steps = (int(v) for v in steps.split("/"))
-    fields = dict(pair.split("=", 1) for pair in pairs)
     return {"iterations": taus_steps, "continue_iterations": grid_steps, "patience": int(patience) if patience else None,
-            **{k: json.loads(v) for k, v in fields.items()}}
+            **config_overrides(pairs)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     python benchmarks/zoo.py --table rows.jsonl     # the rows as a markdown table
     python benchmarks/zoo.py --out rows.jsonl [--zoo models/zoo] [--nfe 5 10] [--trajectories uniform quadratic]
         [--eval-samples 512] [--eval-reference-nfe 100] [--eval-trajectories uniform] [--eval-nfe 10] [--budget-s 3000] [--threads 2]
+        [--set key=value ...]
 
 For every zoo model x trajectory x NFE (DDIM, seed 0): the default `align` with its default verdict
 (held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
@@ -10,7 +11,8 @@ samples (only on --eval-trajectories, to save time on CPU): the end-point ratio 
 distance with their 95% intervals. Per model it first prints whether the model's own samples are
 sane: RMS and largest |x| of 16 reference samples (data in [-1, 1]; a model whose ODE runs off to
 |x| >> 1 makes every distance meaningless). Rows are appended to --out as they finish (JSON
-lines), so a run cut short by --budget-s keeps what it measured.
+lines), so a run cut short by --budget-s keeps what it measured. ``--set`` changes ``FitConfig`` fields of the
+default fit (``--set lr=0.02 --set iterations=80``), to measure a candidate default; the rows record them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dpm_align.aligner_core.fitting.fit import resolve_config
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext
 from dpm_align.aligner_core.evaluation.validation import ValidationSettings
+from fit_budget import config_overrides
 
 
 def zoo_models(root: Path) -> dict[str, Path]:
@@ -85,12 +88,15 @@ def main() -> None:
     ap.add_argument("--eval-nfe", type=int, nargs="+", default=None, help="eval only these NFE (default: all)")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="a FitConfig field of the fit, key=value (JSON value)")
     args = ap.parse_args()
     if args.table is not None:
         return table(args.table)
     if args.out is None:
         ap.error("--out is required (or --table)")
     torch.set_num_threads(args.threads)
+    overrides = config_overrides(args.set)
+    config = resolve_config("default").model_copy(update=overrides)
     start = time.time()
     models = zoo_models(args.zoo)
     with args.out.open("a") as sink:
@@ -107,14 +113,14 @@ def main() -> None:
                         return
                     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
                     t0 = time.time()
-                    artifact = align(model, plan, resolve_config("default"), validation=ValidationSettings())
+                    artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
                     line = (f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
                             f"{v.summary()}")
-                    row = {"model": name, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
+                    row = {"model": name, "fit_overrides": overrides, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
                            "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
                            "reference_error": v.reference.error_l2, "data_range": v.data_range, "eval": None}

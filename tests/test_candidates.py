@@ -203,3 +203,16 @@ def test_cli_patience_zero_runs_every_step_and_says_so(cli, tmp_path):
     fit = json.loads(out.read_text())["fit"]
     assert fit["settings"]["patience"] is None and all(c["steps"] == 20 for c in fit["candidates"].values())
     assert "of 20)" in result.stdout and "(best at step" in result.stdout
+
+
+def test_grid_and_taus_continue_with_their_own_learning_rate(gmm_eps):
+    """``continue_lr``: the Adam learning rate of grid+taus only; the taus' fit is the default's."""
+    grid = make_grid("uniform", 4, gmm_eps.schedule)
+
+    def fit(continue_lr):
+        config = resolve_config("default", iterations=10, num_samples=16, continue_lr=continue_lr)
+        return fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE).candidates
+
+    default, slower, same = fit(None), fit(1e-3), fit(0.05)  # 0.05: the joint preset's lr
+    assert slower["taus"] == default["taus"] == same["taus"]
+    assert same["grid+taus"] == default["grid+taus"] and slower["grid+taus"] != default["grid+taus"]

@@ -60,6 +60,8 @@ class FitConfig(BaseModel):
     continue_iterations: int | None = Field(
         None, ge=1, description="joint objective: Adam steps of a candidate that continues another's fit (grid+taus "
         "after taus); None: iterations")
+    continue_lr: float | None = Field(
+        None, gt=0, description="joint objective: Adam learning rate of a candidate that continues another's fit; None: lr")
     patience: int | None = Field(
         None, ge=1, description="joint objective: held-out checks in a row that do not beat a candidate's best iterate "
         "(its start included) after which it stops; the learning-rate schedule stays that of the full run, so a stopped "
@@ -566,7 +568,8 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
     best = (plain, 0, base, nominal) if start is None else (start[0].holdout_loss, 0, base, start[2])
     iterations = config.iterations if start is None or config.continue_iterations is None else config.continue_iterations
     params = [p for p in (delta, logits) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
+    lr = config.lr if start is None or config.continue_lr is None else config.continue_lr
+    opt = torch.optim.Adam(params, lr=lr)
     # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
     # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
