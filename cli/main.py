@@ -235,7 +235,7 @@ def align_cmd(
     candidates: Annotated[Optional[str], typer.Option(help="joint fits, comma-separated: taus | grid+taus | grid (the grid needs ddim); the one with the lowest held-out loss wins [default: taus,grid+taus for ddim, taus otherwise]", rich_help_panel="Fit")] = None,
     patience: Annotated[Optional[int], typer.Option(min=0, help="joint fits: stop a candidate after this many held-out checks (every 10 steps) in a row without a gain, for a faster fit that can miss late gains [default: 0 = run every step]", rich_help_panel="Fit")] = None,
     precision: PrecisionOpt = "fp32",
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; more fitting time: x1.16 on the CIFAR 32x32 zoo model, CPU; same taus)", rich_help_panel="Fit")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="joint fits: recompute the network's activations in the backward pass instead of keeping those of every step (memory of one evaluation; fitting time x1.34 on the CIFAR 32x32 zoo model, CPU; same taus)", rich_help_panel="Fit")] = False,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="skip the verdict (baseline vs aligned on held-out seeds after fitting)", rich_help_panel="Verdict")] = False,
     validation_samples: Annotated[int, typer.Option(min=8, help="verdict: held-out samples at the first look", rich_help_panel="Verdict")] = 128,
     validation_max_samples: Annotated[int, typer.Option(min=8, help="verdict: while inconclusive, double the samples up to this many", rich_help_panel="Verdict")] = 512,
