@@ -96,6 +96,11 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Leave the process group. ``wait``: first wait for every rank, so that no rank tears its
+        connections down while another still works (a gloo rank that finished early was seen to abort
+        in CI). Not after an error, when the other ranks may never arrive."""
         if self.size > 1 and dist.is_initialized():
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()

@@ -137,8 +137,10 @@ class ModelSpec:
         try:
             loaded, dev = self.load(dev, precision)
             yield loaded, dev, world
-        finally:
-            world.close()
+        except BaseException:
+            world.close(wait=False)
+            raise
+        world.close()
 
 
 def _model_options(
