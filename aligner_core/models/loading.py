@@ -45,7 +45,7 @@ from .model import PREDICTION_TYPES, Conditioning, EpsModel, check_precision
 from .nets import ARCHITECTURES
 from .pipelines import (TEXT_UNETS, TRANSFORMERS, LatentDecoder, TextUNet, check_text_pipeline, denoiser_folder,
                         encode_prompts, encode_prompts_xl, is_sdxl, load_dit, load_text_unet, load_vae, quiet_loading,
-                        text_conditioning, zero_null_condition)
+                        text_conditioning)
 from ..sampling.schedule import BETA_SCHEDULES, NoiseSchedule, ScheduleSpec
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -659,9 +659,9 @@ def load_model(
             shape = found.sample_shape if found.decoder is None else found.decoder.image_shape(found.sample_shape)
             size = (int(shape[1]), int(shape[2]))  # the pipeline's default height and width
             embeddings = encode_prompts_xl(found.text_pipeline, prompts, negative_prompt, size, found.net, dev)
-            conditioning.zero_null = zero_null_condition(found.text_pipeline, negative_prompt)
         else:
             embeddings = encode_prompts(found.text_pipeline, prompts, negative_prompt or "", dev)
+        conditioning.zero_null = embeddings.zero_null
         found.net = TextUNet(found.net, embeddings)
     elif prompts or negative_prompt is not None:
         raise UsageError(f"{found.source} is not text-conditioned; drop --prompt, --prompts and --negative-prompt")

@@ -216,11 +216,13 @@ def read_prompts(path: Path) -> list[str]:
 @dataclass
 class PromptEmbeddings:
     """One row per prompt and a last one for the null condition: the text encoder's hidden states
-    [P + 1, L, D]; for SDXL also the pooled embeddings [P + 1, D'] and the size ids [6]."""
+    [P + 1, L, D]; for SDXL also the pooled embeddings [P + 1, D'], the size ids [6], and whether
+    the null row is zeros (``force_zeros_for_empty_prompt``)."""
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
+    zero_null: bool = False
 
 
 def _tokens(path: Path, folder: str, texts: Sequence[str]):
@@ -265,22 +267,17 @@ def encode_prompts_xl(path: Path, prompts: Sequence[str], negative_prompt: str |
             pooled = out.text_embeds.float()
     embeddings = PromptEmbeddings(torch.cat(hidden, dim=-1), pooled,
                                   torch.tensor([*image_size, 0, 0, *image_size], dtype=torch.float32, device=device))
-    if zero_null_condition(path, negative_prompt):
+    index = json.loads((path / "model_index.json").read_text())
+    if negative_prompt is None and index.get("force_zeros_for_empty_prompt", True):
         embeddings.hidden[-1] = 0
         embeddings.pooled[-1] = 0
+        embeddings.zero_null = True
     expected = unet.add_embedding.linear_1.in_features
     given = unet.config.addition_time_embed_dim * embeddings.time_ids.numel() + pooled.shape[-1]
     if given != expected:
         raise UsageError(f"{path / 'unet'} expects {expected} added conditioning features, not the {given} of SDXL's "
                          "pooled text embedding and 6 size ids (an SDXL refiner?); dpm-align supports SDXL base pipelines")
     return embeddings
-
-
-def zero_null_condition(path: Path, negative_prompt: str | None) -> bool:
-    """Whether an SDXL pipeline's null condition is zeros: no negative prompt and
-    ``force_zeros_for_empty_prompt`` (default true) in its model_index.json."""
-    index = json.loads((path / "model_index.json").read_text())
-    return negative_prompt is None and bool(index.get("force_zeros_for_empty_prompt", True))
 
 
 def text_conditioning(prompts: Sequence[str] | None, negative_prompt: str | None, guidance_scale: float | None,
