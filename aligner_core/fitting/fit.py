@@ -70,10 +70,6 @@ class FitConfig(BaseModel):
     checkpointing: bool = Field(False, description="joint objective: keep no network activations in the forward pass and "
                                 "recompute them in the backward one (memory of one evaluation instead of all NFE; about "
                                 "one more forward pass of time); the taus are the same")
-    soft_radius: float = Field(0.0, ge=0, description="joint objective: LD3's relaxed loss (Tong et al. 2024): each "
-                               "fitting noise's student starts from x_T + u with |u| <= soft_radius |x_T|, u fitted with "
-                               "the times (one projected gradient step per visit), the teacher from x_T; held-out losses "
-                               "stay exact. 0 (default): the exact loss")
     norm_weight: float = Field(0.0, ge=0, description="joint objective: weight of the per-sample squared difference of "
                                 "mean squares (end point vs teacher), a term against shrunken samples (off by default: "
                                 "on heavy-tailed models it outweighed the distance, docs/RESULTS.md)")
@@ -577,18 +573,10 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
     # Cosine decay of the learning rate to 0: without it the last minibatch steps can throw the
     # taus off a good point (measured on the mixture, uniform NFE 5: pool loss 0.0013 -> 0.012).
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    soft = config.soft_radius > 0
-    if soft:  # LD3's relaxation: the student from a nearby start x_T + u, u per fitting noise in a ball
-        offsets = torch.zeros_like(pool.x_t)
-        radius = config.soft_radius * pool.x_t.flatten(1).norm(dim=1)
     it, misses = 0, 0
     while it < iterations and (config.patience is None or misses < config.patience):
         it += 1
-        idx = torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen)
-        batch = pool.select(idx)
-        if soft:
-            u = offsets[idx].clone().requires_grad_(True)
-            batch = Batch(batch.x_t + u, batch.noise, batch.labels, batch.target)
+        batch = pool.select(torch.randint(0, pool.size, (min(config.batch_size, pool.size),), generator=gen))
         opt.zero_grad(set_to_none=True)
         if world.size == 1:  # one process: the minibatch mean, exactly as before torchrun support
             g = grid_of(logits)
@@ -604,11 +592,6 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
                 world.all_reduce(p.grad)
         opt.step()
         decay.step()
-        if soft:  # one projected gradient step of length radius / 2 per sample of the minibatch
-            per_sample = lambda v: v.view(-1, *[1] * (u.dim() - 1))  # noqa: E731
-            grad = world.all_reduce(u.grad if u.grad is not None else torch.zeros_like(u))
-            moved = u.detach() - per_sample(0.5 * radius[idx] / grad.flatten(1).norm(dim=1).clamp(min=1e-30)) * grad
-            offsets[idx] = moved * per_sample((radius[idx] / moved.flatten(1).norm(dim=1).clamp(min=1e-30)).clamp(max=1.0))
         if it % config.eval_every == 0 or it == iterations:
             with torch.no_grad():
                 g = grid_of(logits.detach())
