@@ -1,7 +1,7 @@
 """How accurate is the verdict's reference (and the fit's teacher)? End-point error of the
-few-step DDIM being judged, of DPM-Solver-2 (the 0.2.0 development reference) and of the reference
-solver (DPM-Solver++(2M)) at several NFE, all with steps uniform in log-SNR from t_K to t_0,
-against a much finer solve of the reference solver, in one run.
+few-step DDIM being judged, of DPM-Solver-2 (the 0.2.0 development reference), of the reference
+solver (DPM-Solver++(2M)) and of its third-order sibling DPM-Solver++(3M) at several NFE, all with
+steps uniform in log-SNR from t_K to t_0, against a much finer solve of the reference solver, in one run.
 
     python benchmarks/reference_accuracy.py [--model PATH] [--trajectory uniform] [--steps 10]
         [--samples 32] [--truth-nfe 2000] [--threads 2]
@@ -20,7 +20,7 @@ import torch
 
 from dpm_align.aligner_core.evaluation.compare import REFERENCE_SOLVER, reference_error, reference_grid, reference_solve
 from dpm_align.aligner_core.models.loading import load_model
-from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, dpm_solver_pp_multistep, run_sampler
 from dpm_align.aligner_core.sampling.trajectory import make_grid
 
 
@@ -67,6 +67,9 @@ def main() -> None:
         y, s = timed(lambda: reference_solve(model.eps, x, lam(nfe, 1), ctx))
         estimate = reference_error(model.eps, ends, nfe, model.sample_shape, out(y), seed=5)
         print(f"{REFERENCE_SOLVER:>18} {nfe:>5} {err(y):>8.4f} {estimate:>10.4f} {s:>6.1f}", flush=True)
+    for nfe in (50, 100, 200):
+        y, s = timed(lambda: dpm_solver_pp_multistep(model.eps, x, lam(nfe, 1), ctx, order=3))
+        print(f"{'dpm-solver++(3m)':>18} {nfe:>5} {err(y):>8.4f} {'':>10} {s:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dpm_align.aligner_core.evaluation.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.models.model import EpsModel
 from dpm_align.aligner_core.models.nets import TinyUNet
-from dpm_align.aligner_core.sampling.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_2m, get_sampler, resolve_eta,
+from dpm_align.aligner_core.sampling.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_multistep, get_sampler, resolve_eta,
                                              run_sampler)
 from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.aligner_core.sampling.trajectory import make_grid
@@ -161,16 +161,24 @@ def test_convergence_order_on_the_exact_gmm_model(gmm_eps, name, order):
     assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.25)
 
 
-def test_dpm_solver_pp_2m_is_second_order_and_matches_its_formula(gmm_eps):
-    """The reference solver: halving the step divides the error by about 4 on the exact mixture
-    (against a 1000-step DPM-Solver-2), and its second step is Lu et al. (2022b) Algorithm 2 by hand."""
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_pp_multistep_has_its_order(gmm_eps, order):
+    """DPM-Solver++(2M) / (3M): halving the step divides the error by about 2^order on the exact
+    mixture (against a 1000-step DPM-Solver-2; measured: 4.05 and 6.97)."""
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sched = gmm_eps.schedule
     ctx = StepContext(sched)
     ref = run_sampler("dpm-solver-2", gmm_eps, x, refine_grid(make_grid("logsnr", 20, sched), 1000)[0], None, ctx)
-    errors = [float((dpm_solver_pp_2m(gmm_eps, x, make_grid("logsnr", k, sched), ctx) - ref).flatten(1).norm(dim=1)
-                    .median()) for k in (20, 40)]
-    assert errors[0] / errors[1] == pytest.approx(4, rel=0.25)
+    errors = [float((dpm_solver_pp_multistep(gmm_eps, x, make_grid("logsnr", k, sched), ctx, order) - ref)
+                    .flatten(1).norm(dim=1).median()) for k in (20, 40)]
+    assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.25)
+
+
+def test_dpm_solver_pp_2m_matches_its_formula(gmm_eps):
+    """The reference solver's second step is Lu et al. (2022b) Algorithm 2 by hand."""
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sched = gmm_eps.schedule
+    ctx = StepContext(sched)
     grid = [999.0, 600.0, 250.0]
     (a0, s0), (a1, s1), (a2, s2) = (sched.coeffs(t) for t in grid)
     l0, l1, l2 = (math.log(a / s) for a, s in ((a0, s0), (a1, s1), (a2, s2)))
@@ -179,7 +187,7 @@ def test_dpm_solver_pp_2m_is_second_order_and_matches_its_formula(gmm_eps):
     d1 = (x1 - s1 * gmm_eps(x1, grid[1])) / a1
     r = (l1 - l0) / (l2 - l1)
     x2 = s2 / s1 * x1 + a2 * (1 - math.exp(-(l2 - l1))) * ((1 + 1 / (2 * r)) * d1 - d0 / (2 * r))
-    states = dpm_solver_pp_2m(gmm_eps, x, grid, ctx, keep=[1, 2])
+    states = dpm_solver_pp_multistep(gmm_eps, x, grid, ctx, keep=[1, 2])
     assert torch.allclose(states[0], x1, atol=1e-10) and torch.allclose(states[1], x2, atol=1e-10)
 
 

@@ -11,19 +11,20 @@ measures it against a 2000-step solve.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Iterator, Sequence
 
 import torch
 
 from ..models.model import bind_labels, conditioning_of
 from ..progress import Progress
-from ..sampling.samplers import PerSampleNoise, StepContext, dpm_solver_pp_2m, run_sampler
+from ..sampling.samplers import PerSampleNoise, StepContext, dpm_solver_pp_multistep, run_sampler
 from ..sampling.schedule import NoiseSchedule
 
 REFERENCE_SOLVER = "dpm-solver++(2m)"
 REFERENCE_DESCRIPTION = f"{REFERENCE_SOLVER}, steps uniform in log-SNR"
 REFERENCE_EVALS_PER_STEP = 1
-reference_solve = dpm_solver_pp_2m
+reference_solve = partial(dpm_solver_pp_multistep, order=2)
 
 
 def refine_grid(grid: Sequence[float], reference_nfe: int) -> tuple[list[float], int]:

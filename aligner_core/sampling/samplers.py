@@ -209,30 +209,47 @@ def run_sampler(
     return states if record else x
 
 
-def dpm_solver_pp_2m(eps: EpsFn, x: torch.Tensor, grid: Sequence[float], ctx: StepContext,
-                     keep: Sequence[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
-    """DPM-Solver++(2M) (Lu et al., 2022b, Algorithm 2), the multistep second-order solver in data
-    prediction, with the network at the grid times (no taus: it is the reference and the teacher,
-    not a sampler to align). With x0_i = (x_i - sigma_i eps(x_i, t_i)) / alpha_i,
-    h_i = lambda_{i+1} - lambda_i and r_i = h_{i-1} / h_i:
-        D_i     = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}     (D_0 = x0_0: a first-order first step)
-        x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (e^{-h_i} - 1) D_i
-    One evaluation per step, so at equal cost it takes twice DPM-Solver-2's steps (about half its
-    error on the demo and zoo models, ``benchmarks/reference_accuracy.py``). Returns the end state,
-    or with ``keep`` the states at those indices of ``grid``."""
+def dpm_solver_pp_multistep(eps: EpsFn, x: torch.Tensor, grid: Sequence[float], ctx: StepContext, order: int = 2,
+                            keep: Sequence[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+    """DPM-Solver++(2M) and (3M) (Lu et al., 2022b, Algorithm 2 and its third-order multistep
+    update), multistep solvers in data prediction, with the network at the grid times (no taus:
+    they are the reference and the teacher, not samplers to align). With
+    x0_i = (x_i - sigma_i eps(x_i, t_i)) / alpha_i, h_i = lambda_{i+1} - lambda_i and
+    r_i = h_{i-1} / h_i, the first step is DDIM in data prediction and
+      order 2:  D_i     = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}
+                x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (e^{-h_i} - 1) D_i
+      order 3 (from the third step; the second is the order-2 one), with r0 = h_{i-1} / h_i,
+                r1 = h_{i-2} / h_i, D1_0 = (x0_i - x0_{i-1}) / r0, D1_1 = (x0_{i-1} - x0_{i-2}) / r1,
+                D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) and D2 = (D1_0 - D1_1) / (r0 + r1):
+                x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (e^{-h_i} - 1) x0_i
+                          + alpha_{i+1} ((e^{-h_i} - 1) / h_i + 1) D1
+                          - alpha_{i+1} ((e^{-h_i} - 1 + h_i) / h_i^2 - 1/2) D2
+    One evaluation per step, so at equal cost 2M takes twice DPM-Solver-2's steps (about half its
+    error on the demo and zoo models); 3M is no more accurate than 2M on those networks
+    (``benchmarks/reference_accuracy.py``, docs/RESULTS.md). Returns the end state, or with
+    ``keep`` the states at those indices of ``grid``."""
+    if order not in (2, 3):
+        raise ValueError(f"order {order}: DPM-Solver++ multistep is implemented for orders 2 and 3")
     schedule = ctx.schedule
     lam = schedule.lambda_(torch.tensor([float(t) for t in grid], dtype=torch.float64)).tolist()
     x = x.to(torch.float64)
     kept = {0: x} if keep is not None and 0 in keep else {}
-    previous, h_previous = None, None
+    x0s, hs = [], []  # the last data predictions and step lengths, newest last
     for i in range(len(grid) - 1):
         a_t, s_t = schedule.coeffs(float(grid[i]))
         a_s, s_s = schedule.coeffs(float(grid[i + 1]))
         h = lam[i + 1] - lam[i]
         x0 = (x - s_t * eps(x, float(grid[i]))) / a_t
-        d = x0 if previous is None else x0 + (h / (2 * h_previous)) * (x0 - previous)
-        x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
-        previous, h_previous = x0, h
+        em1 = math.expm1(-h)
+        if order == 3 and len(x0s) == 2:
+            r0, r1 = hs[-1] / h, hs[-2] / h
+            d1_0, d1_1 = (x0 - x0s[-1]) / r0, (x0s[-1] - x0s[-2]) / r1
+            d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+            x = (s_s / s_t) * x - a_s * em1 * x0 + a_s * (em1 / h + 1) * d1 - a_s * ((em1 + h) / h**2 - 0.5) * d2
+        else:
+            d = x0 if not x0s else x0 + (h / (2 * hs[-1])) * (x0 - x0s[-1])
+            x = (s_s / s_t) * x - a_s * em1 * d
+        x0s, hs = [*x0s[-1:], x0], [*hs[-1:], h]
         if keep is not None and i + 1 in keep:
             kept[i + 1] = x
     return x if keep is None else [kept[i] for i in keep]
