@@ -98,8 +98,9 @@ class World:
 
     def close(self, *, wait: bool = True) -> None:
         """Leave the process group. ``wait``: first wait for every rank, so that no rank tears its
-        connections down while another still works (a gloo rank that finished early was seen to abort
-        in CI). Not after an error, when the other ranks may never arrive."""
+        connections down while another still works. Not after an error, when the other ranks may
+        never arrive. (A rare gloo abort at exit, after this, is avoided by the CLI leaving a rank
+        with ``os._exit``: ``cli.main.run``.)"""
         if self.size > 1 and dist.is_initialized():
             if wait:
                 dist.barrier()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -542,7 +543,15 @@ def run() -> None:
             ctx = getattr(exc, "ctx", None)
             message = " ".join(exc.format_message().split())
             print(f"error: {message}; see `{ctx.command_path if ctx else 'dpm-align'} --help`", file=sys.stderr)
-    raise SystemExit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without Python's and torch's teardown: there, after the command had
+        # finished and left the process group, gloo ranks on CPU died with SIGABRT ("terminate called
+        # without an active exception") in about 1 run of 100 (docs/RELIABILITY.md), failing the run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
