@@ -7,8 +7,8 @@ from dpm_align.aligner_core.evaluation.compare import refine_grid
 from dpm_align.aligner_core.errors import UsageError
 from dpm_align.aligner_core.models.model import EpsModel
 from dpm_align.aligner_core.models.nets import TinyUNet
-from dpm_align.aligner_core.sampling.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_multistep, get_sampler, resolve_eta,
-                                             run_sampler)
+from dpm_align.aligner_core.sampling.samplers import (PerSampleNoise, StepContext, dpm_solver_pp_multistep, get_sampler,
+                                                       resolve_eta, run_sampler)
 from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
 from dpm_align.aligner_core.sampling.trajectory import make_grid
 
