@@ -96,7 +96,6 @@ def main() -> None:
         ap.error("--out is required (or --table)")
     torch.set_num_threads(args.threads)
     overrides = config_overrides(args.set)
-    config = resolve_config("default").model_copy(update=overrides)
     start = time.time()
     models = zoo_models(args.zoo)
     with args.out.open("a") as sink:
@@ -113,6 +112,7 @@ def main() -> None:
                         return
                     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
                     t0 = time.time()
+                    config = resolve_config("default", sampler="ddim", nfe=nfe).model_copy(update=overrides)
                     artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
                     if artifact.trajectory.fitted:

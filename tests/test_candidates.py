@@ -146,6 +146,20 @@ def test_taus_stay_where_alpha_is_near_zero():
     assert result.taus[1:] != list(grid[1:-1])
 
 
+def test_the_default_for_ddim_at_few_steps_takes_more_smaller_adam_steps():
+    """DDIM at NFE <= 5: the joint default with 80 + 80 steps at lr 0.02 (docs/RESULTS.md); above,
+    for other samplers and for an explicit preset, the joint preset; options still win."""
+    few = resolve_config("default", sampler="ddim", nfe=5)
+    assert (few.objective, few.lr, few.iterations, few.continue_iterations) == ("joint", 0.02, 80, None)
+    for config in (resolve_config("default", sampler="ddim", nfe=6), resolve_config("default"),
+                   resolve_config("default", sampler="dpm-solver-2", nfe=4),
+                   resolve_config("joint", sampler="ddim", nfe=5)):
+        assert (config.objective, config.lr, config.iterations) == ("joint", 0.05, 50)
+    assert resolve_config("default", sampler="ddim", nfe=3, iterations=6).model_dump() == \
+        {**few.model_dump(), "iterations": 6}
+    assert resolve_config("default", stochastic=True, sampler="ddim", nfe=5).optimizer == "golden"
+
+
 def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, tmp_path, monkeypatch):
     from dpm_align.aligner_core.fitting import fit
     from dpm_align.aligner_core.api import SamplingPlan, align, not_better_message
@@ -159,6 +173,7 @@ def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, t
     assert v.verdict == "unchanged" and not v.better and v.num_samples == 0 and artifact.taus == list(plan.eval_times)
     assert "no taus better than the plain sampler" in not_better_message(artifact)
     monkeypatch.setitem(fit.PRESETS, "joint", fit.PRESETS["joint"].model_copy(update={"lr": 0.0}))
+    monkeypatch.setitem(fit.SMALL_NFE_JOINT, "lr", 0.0)  # NFE 4: the default's few-step settings
     result = cli("align", "--model", GMM, "--nfe", "4", "--iterations", "10", "--out", tmp_path / "u.json", "--quiet",
                  "--device", "cpu")
     one_line_error(result, 3, "the fit found no taus better than the plain sampler")
