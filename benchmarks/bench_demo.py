@@ -36,7 +36,7 @@ def main() -> None:
     for nfe in args.nfe:
         plan = SamplingPlan.make(model.eps.schedule, "ddim", None, args.trajectory, nfe)
         start = time.perf_counter()
-        artifact = align(model, plan, resolve_config("default", sampler="ddim", nfe=nfe), seed=0)
+        artifact = align(model, plan, resolve_config("default", sampler=plan.sampler, nfe=plan.nfe), seed=0)
         seconds = time.perf_counter() - start
         gap = trajectory_gap(model, plan, artifact.taus, num_samples=args.samples, seed=1000, reference_nfe=1000)
         rows.append({"nfe": nfe, "fit_seconds": round(seconds, 2), "end_gap_baseline": gap.end_gap_baseline,

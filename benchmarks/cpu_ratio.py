@@ -63,7 +63,7 @@ def count_evaluations(model_path: str | None) -> Counter:
     api.validate = labelled(api.validate, "verdict: reference, plain, aligned")
     validation.reference_error = labelled(validation.reference_error, "verdict: reference-error estimate")
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, "uniform", 10)
-    align(model, plan, resolve_config("default", sampler="ddim", nfe=10), validation=ValidationSettings())
+    align(model, plan, resolve_config("default", sampler=plan.sampler, nfe=plan.nfe), validation=ValidationSettings())
     return counts
 
 

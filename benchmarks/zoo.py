@@ -112,7 +112,7 @@ def main() -> None:
                         return
                     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
                     t0 = time.time()
-                    config = resolve_config("default", sampler="ddim", nfe=nfe).model_copy(update=overrides)
+                    config = resolve_config("default", sampler=plan.sampler, nfe=plan.nfe).model_copy(update=overrides)
                     artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
                     if artifact.trajectory.fitted:

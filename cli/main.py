@@ -256,7 +256,8 @@ def align_cmd(
     sampler = sampling.sampler or DEFAULT_SAMPLER
     config = resolve_config(preset, strategy, stochastic=is_stochastic(sampler, resolve_eta(sampler, sampling.eta)),
                             sampler=sampler, nfe=sampling.nfe or DEFAULT_NFE, objective=objective, optimizer=optimizer,
-                            iterations=iterations, num_samples=num_samples, batch_size=batch_size, candidates=_candidates(candidates), patience=patience,
+                            iterations=iterations, num_samples=num_samples, batch_size=batch_size,
+                            candidates=_candidates(candidates), patience=patience,
                             checkpointing=gradient_checkpointing or None)
     if no_cache and out is None:
         raise UsageError("--no-cache without --out would write nothing; pass --out FILE")

@@ -36,7 +36,7 @@ ROWS += [(f"models/zoo/{d.name}/model.safetensors" if (d / "model.safetensors").
 def test_verdict_agrees_with_a_large_eval(model_path, trajectory, nfe):
     model = load_model(model_path)
     plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
-    artifact = align(model, plan, resolve_config("default", sampler="ddim", nfe=nfe), validation=ValidationSettings())
+    artifact = align(model, plan, resolve_config("default", sampler=plan.sampler, nfe=plan.nfe), validation=ValidationSettings())
     verdict = artifact.validation.verdict
     if verdict == "unchanged":
         assert artifact.taus == list(plan.eval_times)
