@@ -7,7 +7,7 @@
 # their samples ran off to |x| >> 1); each model's description in its config / README.md and the
 # logs in docs/training-logs/zoo/ give the steps taken.
 #   bash scripts/train_zoo.sh [OUT_DIR=models/zoo]
-#   bash scripts/train_zoo.sh heldout   # the held-out model (models/heldout), trained after the NFE-5 default was chosen
+#   bash scripts/train_zoo.sh heldout   # the held-out models (models/heldout), trained after the NFE-5 default was chosen
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-models/zoo}
@@ -19,6 +19,10 @@ if [ "$out" = heldout ]; then
   out=models/heldout logs=docs/training-logs/heldout
   mkdir -p "$out" "$logs"
   train digits8-v-cosine --data digits --schedule squaredcos_cap_v2 --prediction-type v_prediction --channels 16,32,32 --max-steps 4000 --minutes 10 --seed 7 --out "$out/digits8-v-cosine/model.safetensors"
+  # three more, trained on 2026-11-29 after the default of 80e500c was frozen (step budgets, so any machine repeats them)
+  train cifar16-eps-cosine --data cifar10 --size 16 --schedule squaredcos_cap_v2 --channels 32,64,64 --max-steps 1500 --minutes 20 --seed 8 --out "$out/cifar16-eps-cosine/model.safetensors"
+  train textures8-v-scaledlin --data textures --crop 8 --schedule scaled_linear --prediction-type v_prediction --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 9 --out "$out/textures8-v-scaledlin/model.safetensors"
+  train mnist28-eps-linear --data mnist --channels 16,32,32 --max-steps 2000 --minutes 20 --seed 10 --out "$out/mnist28-eps-linear/model.safetensors"
   exit 0
 fi
 mkdir -p "$out" "$logs"
