@@ -43,7 +43,7 @@ from .progress import Progress
 from .sampling.samplers import PerSampleNoise, StepContext, get_sampler, nominal_eval_times, resolve_eta, run_sampler
 from .sampling.schedule import NoiseSchedule
 from .sampling.trajectory import make_grid, resolve_rho
-from .evaluation.validation import ValidationSettings, unchanged, validate
+from .evaluation.validation import ValidationSettings, reference_rms, run_off_message, unchanged, validate
 from .evaluation.verdict import kernel_change, mean_ratio_change
 
 DEFAULT_NFE, DEFAULT_SAMPLER, DEFAULT_TRAJECTORY = 10, "ddim", "uniform"
@@ -493,6 +493,7 @@ class GapReport(BaseModel):
     end_gap_baseline: float  # mean end-point L2 of the delivered samples (clamped to data_range; gap_* are raw states)
     end_gap_aligned: float
     data_range: tuple[float, float] | None = None  # the end-point metrics' clamp (pixel models: [-1, 1])
+    reference_rms: float | None = None  # RMS of the reference's end points before the clamp (run_off)
     end_gap_ratio: float
     end_gap_interval: tuple[float, float] | None = None  # 95% interval of end_gap_ratio (paired, see verdict.py)
     kernel_baseline: float | None = None  # unbiased MMD^2 of the end points to the reference's (verdict.py)
@@ -502,6 +503,10 @@ class GapReport(BaseModel):
     frechet_pixel_aligned: float
     ablation: list[AblationRow] | None = None
     features: FeatureReport | None = None
+
+    def run_off(self) -> str | None:
+        """Why the model itself looks broken, or None (``validation.run_off_message``)."""
+        return run_off_message(self.reference_rms, self.data_range, self.reference_nfe)
 
 
 def _feature_report(features: FeatureReference, ends: dict[str, list[torch.Tensor]], num_samples: int,
@@ -602,6 +607,7 @@ def trajectory_gap(
         timesteps=list(plan.baseline_grid), timesteps_aligned=list(plan.grid) if fitted else None,
         taus=list(taus), gap_baseline=base, gap_aligned=aligned,
         end_gap_baseline=end_base, end_gap_aligned=end_aligned, data_range=model.eps.data_range,
+        reference_rms=reference_rms(torch.cat(ends["reference"])),
         end_gap_ratio=end_aligned / end_base if end_base > 0 else float("nan"),
         end_gap_interval=None if change.low is None else (1 + change.low, 1 + change.high),
         kernel_baseline=kernel.baseline, kernel_aligned=kernel.aligned,

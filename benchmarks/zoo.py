@@ -42,10 +42,10 @@ def zoo_models(root: Path) -> dict[str, Path]:
     return found
 
 
-def sample_scale(model) -> dict[str, float]:
-    """RMS and largest |x| of 16 samples of the model's ODE (the reference solver, 100 steps)."""
+def sample_scale(model, samples: int = 16) -> dict[str, float]:
+    """RMS and largest |x| of the model's ODE samples (the reference solver, 100 steps)."""
     schedule = model.eps.schedule
-    x = PerSampleNoise(0, range(16), model.sample_shape)()
+    x = PerSampleNoise(0, range(samples), model.sample_shape)()
     with torch.no_grad():
         y = reference_solve(model.eps, x, reference_grid([schedule.t_max, 0.0], 100, schedule)[0], StepContext(schedule))
     return {"rms": float(y.square().mean().sqrt()), "max_abs": float(y.abs().max())}

@@ -278,6 +278,9 @@ def align_cmd(
             raise typer.Exit(NotBetterError.exit_code)
         return
     peak = peak_memory(dev)
+    run_off = None if artifact.validation is None else artifact.validation.run_off()
+    if run_off and (keep_worse or not problem):  # else it is the refusal's fix (one line on stderr)
+        stderr.print(f"warning: {run_off}", highlight=False, markup=False, soft_wrap=True)
     written: list[str] = []
     if keep_worse or not problem:  # the cache entry first (under its lock), then --out
         if not no_cache:
@@ -287,6 +290,7 @@ def align_cmd(
     if json_out:
         emit_json({"written": written, "better": None if artifact.validation is None else artifact.validation.better,
                    "world_size": world.size, "peak_memory": peak.model_dump(mode="json"),
+                   "warnings": [run_off] if run_off else [],
                    "artifact": artifact.model_dump(mode="json")})
     else:
         _print_table(artifact)
@@ -294,8 +298,9 @@ def align_cmd(
         for path in written:
             typer.echo(f"wrote {path}")
     if problem and not keep_worse:
-        raise NotBetterError(f"{problem}; nothing written: use the plain sampler, try another --preset or --strategy, "
-                             "raise --validation-max-samples, or pass --keep-worse to write them anyway")
+        fix = run_off or ("use the plain sampler, try another --preset or --strategy, raise --validation-max-samples, "
+                          "or pass --keep-worse to write them anyway")
+        raise NotBetterError(f"{problem}; nothing written: {fix}")
     if problem:
         stderr.print(f"warning: {problem}; written anyway (--keep-worse)", highlight=False, markup=False, soft_wrap=True)
 
@@ -482,6 +487,8 @@ def eval_cmd(
                                     device=dev, world=world, progress=progress)
     if report is None:  # not rank 0: rank 0 reports for all
         return
+    if report.run_off():
+        stderr.print(f"warning: {report.run_off()}", highlight=False, markup=False, soft_wrap=True)
     if plot is not None:
         prepare_out_dir(plot)
         plot_gap(report, plot / "gap.png")

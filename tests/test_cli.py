@@ -255,6 +255,29 @@ def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_pat
     assert sampled.exit_code == 0 and "warning:" in sampled.stderr and "worse than the plain sampler" in sampled.stderr
 
 
+def test_align_says_when_the_models_samples_run_off(cli, tmp_path):
+    """A random eps network's samples run off to RMS ~160 for images in [-1, 1]: a refusal's one
+    error line gives that as the fix, --keep-worse warns and lists it under `warnings` in --json,
+    and so does `eval`; read as v-prediction the same weights stay in range and nothing is said."""
+    weights = make_tiny_checkpoint(tmp_path)
+    base = ("align", "--model", weights, "--nfe", "2", "--iterations", "2", "--num-samples", "8", "--device", "cpu",
+            "--quiet", "--no-cache", "--validation-samples", "8", "--validation-max-samples", "8",
+            "--validation-reference-nfe", "6", "--candidates", "taus", "--json")
+    refused = cli(*base, "--out", tmp_path / "a.json")
+    one_line_error(refused, 3, "nothing written: the model's own samples run off its data range (RMS ")
+    assert not (tmp_path / "a.json").exists()
+    kept = cli(*base, "--out", tmp_path / "b.json", "--keep-worse")
+    assert kept.exit_code == 0, kept.output
+    warnings = parse_json(kept)["warnings"]
+    assert len(warnings) == 1 and "run off its data range" in warnings[0] and f"warning: {warnings[0]}" in kept.stderr
+    sane = cli(*base, "--out", tmp_path / "c.json", "--keep-worse", "--prediction-type", "v_prediction")
+    assert sane.exit_code == 0 and parse_json(sane)["warnings"] == [] and "run off" not in sane.stderr
+    evaluated = cli("eval", "--model", weights, "--taus", tmp_path / "b.json", "-n", "8", "--reference-nfe", "6",
+                    "--device", "cpu", "--quiet", "--json")
+    assert evaluated.exit_code == 0 and parse_json(evaluated)["reference_rms"] > 50
+    assert "warning: the model's own samples run off its data range (RMS " in evaluated.stderr
+
+
 # ------------------------------------------------------------------ every sampler x trajectory
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver-2", "edm-heun", "analytic-ddim", "analytic-ddpm"])
 @pytest.mark.parametrize("trajectory", ["uniform", "quadratic", "logsnr", "edm"])

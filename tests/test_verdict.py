@@ -8,7 +8,8 @@ import torch
 from dpm_align.aligner_core.evaluation.calibration import Truth, perturbed_taus, verdict_rates
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from dpm_align.aligner_core.evaluation.validation import MIN_IMPROVEMENT, NON_INFERIORITY, ValidationSettings, decide, validate
+from dpm_align.aligner_core.evaluation.validation import (MIN_IMPROVEMENT, NON_INFERIORITY, RUN_OFF_RMS, ValidationSettings,
+                                                          decide, validate)
 from dpm_align.aligner_core.evaluation.verdict import Change, kernel_change, mean_ratio_change, z_value
 
 
@@ -112,3 +113,27 @@ def test_pixel_models_are_judged_on_the_images_users_receive(tiny_ckpt):
     size = math.prod(model.sample_shape)
     assert v.data_range == (-0.01, 0.01) and "images clamped to [-0.01, 0.01]" in v.summary()
     assert v.baseline["end_l2"] <= 0.02 * math.sqrt(size) + 1e-9  # distances between clamped points only
+
+
+def test_the_verdict_says_when_the_models_own_samples_run_off(tiny_ckpt):
+    """The reference's RMS before clamping is recorded; over RUN_OFF_RMS times the data range's
+    magnitude, run_off() names it and the fix. A random eps network runs off (RMS ~160); read as
+    v-prediction, the same weights stay near the data (RMS ~1.1); a mixture has no data range."""
+    settings = ValidationSettings(8, 8, 6)
+
+    def judged(model):
+        grid = make_grid("uniform", 3, model.eps.schedule)
+        return validate(model.eps, grid, "ddim", 0.0, [t - 5 for t in grid[:-1]], model.sample_shape, settings,
+                        batch_size=8)
+
+    ran_off = judged(load_model(tiny_ckpt))
+    assert ran_off.reference_rms > 50
+    message = ran_off.run_off()
+    assert message.startswith("the model's own samples run off its data range (RMS ") and "--prediction-type" in message
+    sane = judged(load_model(tiny_ckpt, prediction_type="v_prediction"))
+    assert 0.5 < sane.reference_rms < 2 and sane.run_off() is None
+    assert sane.model_copy(update={"reference_rms": RUN_OFF_RMS}).run_off() is None  # the edge: not over
+    assert sane.model_copy(update={"reference_rms": RUN_OFF_RMS * 1.01}).run_off() is not None
+    assert sane.model_copy(update={"reference_rms": None}).run_off() is None  # artifacts from before the field
+    mixture = judged(load_model("gmm:dim=4,components=2,seed=0"))
+    assert mixture.data_range is None and mixture.run_off() is None

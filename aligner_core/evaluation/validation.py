@@ -109,6 +109,7 @@ class Validation(BaseModel):
     seed: int
     reference: ReferenceInfo
     data_range: tuple[float, float] | None = None  # end points were clamped to it before comparing (None: as they are)
+    reference_rms: float | None = None  # RMS of the reference's end points before clamping (None: not recorded)
 
     def summary(self) -> str:
         """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 samples)``."""
@@ -120,6 +121,10 @@ class Validation(BaseModel):
         parts = ", ".join(self.changes[m].describe(m) for m in self.metrics)
         return f"{parts} ({self.num_samples} held-out samples{level}): {self.verdict}"
 
+    def run_off(self) -> str | None:
+        """Why the model itself looks broken, or None (``run_off_message``)."""
+        return run_off_message(self.reference_rms, self.data_range, self.reference.nfe)
+
 
 def deciding_metrics(sampler: str, eta: float) -> list[str]:
     """The metrics whose intervals decide: the kernel distance alone for stochastic samplers."""
@@ -128,6 +133,29 @@ def deciding_metrics(sampler: str, eta: float) -> list[str]:
 
 NON_INFERIORITY = 0.10  # "better" needs every other deciding metric shown at most 10% worse (interval's upper end)
 MIN_IMPROVEMENT = 0.01  # ... and the first shown better by at least 1% (interval's upper end at most -1%)
+RUN_OFF_RMS = 5.0  # reference end points with an RMS over 5x the data range's magnitude: the model runs off
+
+
+def run_off_message(rms: float | None, data_range: tuple[float, float] | None, reference_nfe: int) -> str | None:
+    """Why the model itself looks broken, or None: its accurate samples lie far outside the data
+    range (RMS over ``RUN_OFF_RMS`` times the range's largest magnitude). Clamped, such end points
+    say little, and no timestep can repair the model's ODE. Seen on an eps model with a cosine
+    schedule under-trained at 1500 steps (RMS 230) and on two v-models read as eps (RMS 34 and
+    19,100); the demo and the ten zoo and held-out models that train sanely have RMS 0.48-1.9; an
+    eps model read as v stays in range (0.73) and is not caught (``benchmarks/run_off.py``,
+    docs/measurements/run-off-2026-11-29.txt)."""
+    if data_range is None or rms is None:
+        return None
+    if not rms > RUN_OFF_RMS * max(abs(data_range[0]), abs(data_range[1])):
+        return None
+    return (f"the model's own samples run off its data range (RMS {rms:.3g} for images in [{data_range[0]:g}, "
+            f"{data_range[1]:g}], from the {reference_nfe}-evaluation reference): check its prediction type "
+            "(--prediction-type), schedule (--schedule) and training before aligning it")
+
+
+def reference_rms(points: torch.Tensor) -> float:
+    """RMS of the reference's end points as solved (before any clamp)."""
+    return float(points.double().square().mean().sqrt())
 
 
 def decide(changes: dict[str, Change], decided_by: Sequence[str]) -> Verdict:
@@ -212,6 +240,7 @@ def validate(
         baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},
         changes={m: MetricVerdict.of(c) for m, c in changes.items()}, confidence=settings.confidence,
         num_samples=done, looks=checked, seed=seed, data_range=eps.data_range,
+        reference_rms=reference_rms(torch.cat(points_of["reference"])),
         reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION,
                                 nfe=reference_nfe_of(ends, settings.reference_nfe, eps.schedule), error_l2=error,
                                 error_samples=count),

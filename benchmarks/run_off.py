@@ -1,0 +1,47 @@
+"""Do a model's own samples run off its data range? The RMS that ``align``'s run-off warning reads.
+
+For the demo, every zoo and held-out model, and three models loaded with the wrong prediction type
+(the mistake the warning is for), the RMS and largest |x| of N samples of the model's ODE (the
+reference solver, 100 steps, unclamped) and whether ``Validation.run_off`` fires (RMS over
+``RUN_OFF_RMS`` times the data range's magnitude):
+
+    python benchmarks/run_off.py [--samples 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from dpm_align.aligner_core.evaluation.validation import RUN_OFF_RMS
+from dpm_align.aligner_core.models.loading import load_model
+from zoo import sample_scale, zoo_models
+
+MISREAD = [("models/zoo/mnist16-v-cosine", "epsilon"), ("models/heldout/textures8-v-scaledlin", "epsilon"),
+           ("models/zoo/digits8-eps-linear", "v_prediction")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [("demo", None, None)]
+    rows += [(f"{root.name}/{name}", path, None) for root in (Path("models/zoo"), Path("models/heldout"))
+             for name, path in zoo_models(root).items()]
+    rows += [(f"{folder} read as {kind}", zoo_models(Path(folder).parent)[Path(folder).name], kind) for folder, kind in MISREAD]
+    print(f"{args.samples} samples each, reference solver 100 steps; run-off rule: RMS > {RUN_OFF_RMS:g} x the data range's magnitude")
+    print("| model | RMS | max abs | run-off warning |\n| --- | --- | --- | --- |")
+    for label, path, kind in rows:
+        model = load_model(path, prediction_type=kind)
+        scale = sample_scale(model, args.samples)
+        magnitude = max(abs(v) for v in model.eps.data_range)
+        print(f"| {label} | {scale['rms']:.3g} | {scale['max_abs']:.3g} | {'yes' if scale['rms'] > RUN_OFF_RMS * magnitude else 'no'} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
