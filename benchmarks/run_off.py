@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from dpm_align.aligner_core.evaluation.validation import RUN_OFF_RMS
+from dpm_align.aligner_core.evaluation.validation import RUN_OFF_RMS, run_off_message
 from dpm_align.aligner_core.models.loading import load_model
 from zoo import sample_scale, zoo_models
 
-MISREAD = [("models/zoo/mnist16-v-cosine", "epsilon"), ("models/heldout/textures8-v-scaledlin", "epsilon"),
-           ("models/zoo/digits8-eps-linear", "v_prediction")]
+ROOTS = (Path("models/zoo"), Path("models/heldout"))
+MISREAD = [("zoo/mnist16-v-cosine", "epsilon"), ("heldout/textures8-v-scaledlin", "epsilon"),
+           ("zoo/digits8-eps-linear", "v_prediction")]  # label in the table -> the wrong prediction type
 
 
 def main() -> None:
@@ -29,18 +30,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [("demo", None, None)]
-    rows += [(f"{root.name}/{name}", path, None) for root in (Path("models/zoo"), Path("models/heldout"))
-             for name, path in zoo_models(root).items()]
-    rows += [(f"{folder} read as {kind}", zoo_models(Path(folder).parent)[Path(folder).name], kind) for folder, kind in MISREAD]
+    paths = {f"{root.name}/{name}": path for root in ROOTS for name, path in zoo_models(root).items()}
+    rows = [("demo", None, None), *((label, path, None) for label, path in paths.items())]
+    rows += [(f"models/{label} read as {kind}", paths[label], kind) for label, kind in MISREAD]
     print(f"{args.samples} samples each, reference solver 100 steps; run-off rule: RMS > {RUN_OFF_RMS:g} x the data range's magnitude")
     print("| model | RMS | max abs | run-off warning |\n| --- | --- | --- | --- |")
     for label, path, kind in rows:
         model = load_model(path, prediction_type=kind)
         scale = sample_scale(model, args.samples)
-        magnitude = max(abs(v) for v in model.eps.data_range)
-        print(f"| {label} | {scale['rms']:.3g} | {scale['max_abs']:.3g} | {'yes' if scale['rms'] > RUN_OFF_RMS * magnitude else 'no'} |",
-              flush=True)
+        warned = run_off_message(scale["rms"], model.eps.data_range, 100) is not None
+        print(f"| {label} | {scale['rms']:.3g} | {scale['max_abs']:.3g} | {'yes' if warned else 'no'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from dpm_align.aligner_core.evaluation.compare import reference_grid, reference_
 from dpm_align.aligner_core.fitting.fit import resolve_config
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext
-from dpm_align.aligner_core.evaluation.validation import ValidationSettings
+from dpm_align.aligner_core.evaluation.validation import ValidationSettings, reference_rms
 from fit_budget import config_overrides
 
 
@@ -48,7 +48,7 @@ def sample_scale(model, samples: int = 16) -> dict[str, float]:
     x = PerSampleNoise(0, range(samples), model.sample_shape)()
     with torch.no_grad():
         y = reference_solve(model.eps, x, reference_grid([schedule.t_max, 0.0], 100, schedule)[0], StepContext(schedule))
-    return {"rms": float(y.square().mean().sqrt()), "max_abs": float(y.abs().max())}
+    return {"rms": reference_rms(y), "max_abs": float(y.abs().max())}
 
 
 def interval(pair, scale: float = 1.0, shift: float = 0.0) -> str:

@@ -54,7 +54,7 @@ from dpm_align.aligner_core.models.pipelines import read_prompts
 from dpm_align.aligner_core.sample_dir import FORMATS
 from dpm_align.aligner_core.sampling.samplers import is_stochastic, resolve_eta
 
-from .output import CompactCommand, emit_json, handle_errors, progress_bar, stderr
+from .output import CompactCommand, emit_json, handle_errors, progress_bar, warn
 
 stdout = Console(soft_wrap=True)
 
@@ -280,7 +280,7 @@ def align_cmd(
     peak = peak_memory(dev)
     run_off = None if artifact.validation is None else artifact.validation.run_off()
     if run_off and (keep_worse or not problem):  # else it is the refusal's fix (one line on stderr)
-        stderr.print(f"warning: {run_off}", highlight=False, markup=False, soft_wrap=True)
+        warn(run_off)
     written: list[str] = []
     if keep_worse or not problem:  # the cache entry first (under its lock), then --out
         if not no_cache:
@@ -302,7 +302,7 @@ def align_cmd(
                           "or pass --keep-worse to write them anyway")
         raise NotBetterError(f"{problem}; nothing written: {fix}")
     if problem:
-        stderr.print(f"warning: {problem}; written anyway (--keep-worse)", highlight=False, markup=False, soft_wrap=True)
+        warn(f"{problem}; written anyway (--keep-worse)")
 
 
 def _candidates(text: str | None) -> tuple[str, ...] | None:
@@ -350,7 +350,7 @@ def sample_cmd(
         chosen = artifact.taus if artifact is not None else None
         problem = not_better_message(artifact) if artifact is not None else None
         if problem and world.is_main:
-            stderr.print(f"warning: {source}: {problem}", highlight=False, markup=False, soft_wrap=True)
+            warn(f"{source}: {problem}")
         with progress_bar(f"sampling {num_samples}", quiet or not world.is_main) as progress:
             run = sample_to_dir(loaded, plan, chosen, out, num_samples=num_samples, batch_size=batch_size, seed=seed,
                                 fmt=fmt, device=dev, class_labels=class_label, world=world, progress=progress)
@@ -487,8 +487,9 @@ def eval_cmd(
                                     device=dev, world=world, progress=progress)
     if report is None:  # not rank 0: rank 0 reports for all
         return
-    if report.run_off():
-        stderr.print(f"warning: {report.run_off()}", highlight=False, markup=False, soft_wrap=True)
+    run_off = report.run_off()
+    if run_off:
+        warn(run_off)
     if plot is not None:
         prepare_out_dir(plot)
         plot_gap(report, plot / "gap.png")

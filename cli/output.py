@@ -20,6 +20,11 @@ from dpm_align.aligner_core.errors import DpmAlignError, from_environment
 stderr = Console(stderr=True)
 
 
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr, printed as it is (no markup, no wrapping)."""
+    stderr.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
     sys.stdout.flush()
