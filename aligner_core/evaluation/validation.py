@@ -141,7 +141,7 @@ def run_off_message(rms: float | None, data_range: tuple[float, float] | None, r
     range (RMS over ``RUN_OFF_RMS`` times the range's largest magnitude). Clamped, such end points
     say little, and no timestep can repair the model's ODE. Seen on an eps model with a cosine
     schedule under-trained at 1500 steps (RMS 230) and on two v-models read as eps (RMS 34 and
-    19,100); the demo and the ten zoo and held-out models that train sanely have RMS 0.48-1.9; an
+    19,100); the demo and the nine zoo and held-out models that sample sanely have RMS 0.48-1.9; an
     eps model read as v stays in range (0.73) and is not caught (``benchmarks/run_off.py``,
     docs/measurements/run-off-2026-11-29.txt)."""
     if data_range is None or rms is None:
