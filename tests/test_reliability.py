@@ -79,6 +79,8 @@ CASES = [
     ("grid not the kind's", _set("trajectory.timesteps.1", 700.0), "trajectory.timesteps[1] = 700 differs from the uniform grid"),
     ("fitted grid, wrong end", lambda d: _set("trajectory.timesteps.0", 990.0)(_set("trajectory.fitted", True)(d)),
      "trajectory.timesteps[0] = 990, but a fitted grid keeps the uniform grid's end 999"),
+    ("a cosine grid from t = 999", _set("model.schedule.beta_schedule", "squaredcos_cap_v2"),
+     "trajectory.timesteps[0] = 999: grids of this schedule now start at t = 995.077, where log-SNR = -5.1"),
     ("alpha edited", _set("trajectory.alphas.2", 0.5), "trajectory.alphas[2]^2 + trajectory.sigmas[2]^2 = "),
     ("coefficients of other times", _other_coefficients, "trajectory.alphas[0] = "),
     ("eval time edited", _set("eval_times.1", 700.0), "eval_times[1] = 700 differs from the ddim sampler's evaluation times"),

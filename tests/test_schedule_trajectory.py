@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dpm_align.aligner_core.errors import UsageError
-from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
+from dpm_align.aligner_core.sampling.schedule import LAMBDA_MIN, NoiseSchedule, ScheduleSpec
 from dpm_align.aligner_core.sampling.trajectory import TRAJECTORIES, make_grid
 
 SCHED = NoiseSchedule(ScheduleSpec())
@@ -33,6 +33,23 @@ def test_log_alpha_is_differentiable_in_t():
 def test_inverse_lambda_round_trip(t):
     tt = torch.tensor([t], dtype=torch.float64)
     assert float(SCHED.inverse_lambda(SCHED.lambda_(tt))) == pytest.approx(t, abs=1e-6)
+
+
+@pytest.mark.parametrize("spec, start", [
+    (ScheduleSpec(), 999.0),  # linear: lambda(999) = -5.06
+    (ScheduleSpec(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), 999.0),  # -2.68
+    (ScheduleSpec(beta_schedule="squaredcos_cap_v2"), 995.0773),  # -9.92 at 999: clipped
+])
+def test_grids_start_at_T_minus_1_or_where_lambda_is_lambda_min(spec, start):
+    """Sampling starts no lower in log-SNR than LAMBDA_MIN (diffusers' lambda_min_clipped): the
+    cosine schedule's capped last beta (alpha(999) = 4.9e-5) is left out, the others start at T-1."""
+    schedule = NoiseSchedule(spec)
+    assert schedule.t_max == pytest.approx(start, abs=1e-4)
+    lam = float(schedule.lambda_(torch.tensor([schedule.t_max], dtype=torch.float64)))
+    assert lam >= LAMBDA_MIN - 1e-9
+    for kind in TRAJECTORIES:
+        grid = make_grid(kind, 10, schedule)
+        assert grid[0] <= schedule.t_max + 1e-9 and grid[-1] == 0.0
 
 
 @pytest.mark.parametrize("kind", list(TRAJECTORIES))

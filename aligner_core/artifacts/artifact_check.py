@@ -22,7 +22,7 @@ import torch
 from .artifact import ModelInfo, TauArtifact, check_artifact_matches, read_artifact
 from ..errors import ArtifactError
 from ..sampling.samplers import SAMPLERS, nominal_eval_times
-from ..sampling.schedule import NoiseSchedule
+from ..sampling.schedule import LAMBDA_MIN, NoiseSchedule
 from ..sampling.trajectory import TRAJECTORIES, make_grid
 
 RECREATE = "re-create it with `dpm-align align`"
@@ -133,7 +133,12 @@ def _grid(artifact: TauArtifact) -> str | None:
         if not stored[i] > stored[i + 1]:
             return (f"trajectory.timesteps must decrease strictly (timesteps[{i}] = {stored[i]:g}, "
                     f"timesteps[{i + 1}] = {stored[i + 1]:g}); {RECREATE}")
-    grid = make_grid(traj.kind, traj.steps, NoiseSchedule(artifact.model.schedule), traj.rho)
+    schedule = NoiseSchedule(artifact.model.schedule)
+    grid = make_grid(traj.kind, traj.steps, schedule, traj.rho)
+    last = schedule.num_train_timesteps - 1
+    if schedule.t_max < last and _close(stored[0], last) and not _close(grid[0], last):
+        return (f"trajectory.timesteps[0] = {stored[0]:g}: grids of this schedule now start at t = {grid[0]:.6g}, where "
+                f"log-SNR = {LAMBDA_MIN:g} (not at its last timestep, where it is below); {RECREATE}")
     if traj.fitted:  # a fitted grid keeps the kind grid's ends
         for end in (0, -1):
             if not _close(stored[end], grid[end]):

@@ -437,7 +437,6 @@ def check_world(config: FitConfig, world: World) -> None:
 JOINT_CANDIDATES = ("taus", "grid+taus", "grid")
 DEFAULT_CANDIDATES = ("taus", "grid+taus")  # ddim; "grid" alone rarely won on the mixture (docs/RESULTS.md)
 POOL_PER_PARAMETER = 4  # fitting noises per fitted number, at least
-ALPHA_FLOOR = 1e-3  # below it a tau is not fitted (see fit_joint)
 
 
 def fit_joint(
@@ -487,11 +486,7 @@ def fit_joint(
     nominal = torch.tensor(nominal_eval_times(sampler, grid, schedule), dtype=torch.float64, device=device)
     widths = torch.tensor([grid[j] - grid[j + 1] for j in range(steps) for _ in range(per)], dtype=torch.float64,
                           device=device)
-    # Where alpha_t < ALPHA_FLOOR the tau stays at t: the step's x0 estimate (x - sigma_t eps) / alpha_t
-    # makes the loss a cliff in tau there (a cosine schedule's capped last beta: alpha falls from
-    # 3.1e-3 to 4.9e-5 over its last timestep, and every move of that tau blew the fit up).
-    free = (schedule.alpha(nominal) >= ALPHA_FLOOR).to(torch.float64)
-    parameters = max((int(free.sum()) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
+    parameters = max((len(nominal) if name != "grid" else 0) + (steps - 1 if name != "taus" else 0) for name in names)
     n = max(config.num_samples, POOL_PER_PARAMETER * parameters)
     cond = conditioning_of(eps)
     x_T = torch.randn((n + config.holdout, *sample_shape), generator=gen, dtype=torch.float64).to(device)
@@ -534,7 +529,7 @@ def fit_joint(
     for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
         # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
         warm = fits["taus"] if name == "grid+taus" and "taus" in fits else None
-        fits[name] = _fit_candidate(name, k, base, nominal, widths * free, warm, pool, losses, holdout_loss, plain,
+        fits[name] = _fit_candidate(name, k, base, nominal, widths, warm, pool, losses, holdout_loss, plain,
                                     config, seed, progress, world)
     winner = min(fits, key=lambda name: fits[name][0].holdout_loss)
     result, fitted_grid, fitted = fits[winner]
@@ -558,13 +553,11 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
                    start: tuple | None, pool: Batch, losses, holdout_loss, plain: float, config: FitConfig, seed: int,
                    progress: Progress | None, world: World) -> tuple[CandidateFit, torch.Tensor, torch.Tensor]:
     """Adam on one candidate's parameters (see ``fit_joint``), from the plain times or from ``start``
-    (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss. ``widths``
-    is 0 for the evaluations whose tau stays at t."""
+    (the taus-alone fit: its result, grid and taus); its best iterate by held-out loss. ``widths``:
+    the width of each evaluation's step."""
     gen = torch.Generator().manual_seed(int(seed) * 7919 + index)
     logits = torch.log(base[:-1] - base[1:]).requires_grad_(name != "taus")
-    free = widths > 0
-    initial = torch.zeros_like(nominal) if start is None else \
-        torch.where(free, start[2] - nominal, 0.0) / widths.clamp(min=1e-12)
+    initial = torch.zeros_like(nominal) if start is None else (start[2] - nominal) / widths
     delta = initial.clone().requires_grad_(name != "grid")
 
     def grid_of(z: torch.Tensor) -> torch.Tensor:
@@ -576,7 +569,7 @@ def _fit_candidate(name: str, index: int, base: torch.Tensor, nominal: torch.Ten
     def taus_of(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         if name == "taus":
             return nominal + widths * d
-        return g[:-1] + d * free * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
+        return g[:-1] + d * (g[:-1] - g[1:])  # ddim: one evaluation per step, at t_j
 
     best = (plain, 0, base, nominal) if start is None else (start[0].holdout_loss, 0, base, start[2])
     iterations = config.iterations if start is None or config.continue_iterations is None else config.continue_iterations

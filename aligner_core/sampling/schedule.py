@@ -19,6 +19,13 @@ from ..errors import UsageError
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "trained"]
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# Sampling starts no lower in log-SNR than this (diffusers' ``lambda_min_clipped``, "critical for the
+# cosine (squaredcos_cap_v2) noise schedule"). A linear schedule ends at -5.06 and a scaled-linear one
+# at -2.68, so they start at T-1 as before; a cosine one ends at -9.92 (alpha = 4.9e-5, the capped
+# last beta), where an eps model's x0 = (x - sigma eps) / alpha multiplies its error by 20,000: an
+# under-trained CIFAR-10 model's ODE samples from there had RMS 264 for data in [-1, 1], from
+# lambda = -5.1 (t = 995.1) 2.5, from t = 900 0.46 (docs/RESULTS.md).
+LAMBDA_MIN = -5.1
 
 
 class ScheduleSpec(BaseModel):
@@ -87,6 +94,10 @@ class NoiseSchedule:
         self.spec = spec
         self.alphas_cumprod = torch.cumprod(1.0 - spec.betas(), dim=0)
         self._log_alpha = 0.5 * torch.log(self.alphas_cumprod)
+        last = torch.tensor([float(spec.num_train_timesteps - 1)], dtype=torch.float64)
+        clipped = bool(self.lambda_(last) < LAMBDA_MIN)
+        self._t_max = float(self.inverse_lambda(torch.tensor([LAMBDA_MIN], dtype=torch.float64))) if clipped \
+            else float(last)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -94,7 +105,9 @@ class NoiseSchedule:
 
     @property
     def t_max(self) -> float:
-        return float(self.num_train_timesteps - 1)
+        """Where every grid starts: T-1, the last trained time, or earlier where lambda(T-1) < LAMBDA_MIN
+        (the time with lambda = LAMBDA_MIN)."""
+        return self._t_max
 
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear in t, differentiable in t, any shape, on t's device."""

@@ -1,8 +1,8 @@
 """Time grids ("trajectories") t_K > ... > t_0 in the network's input-time units.
 
-A grid has K+1 points for K steps, in sampling order: grid[0] = t_K (start; T-1 except for
-``edm``), grid[-1] = t_0 = 0 (terminal point, explicit). Sec. 3.3: "a discretization
-0 = t_0 < t_1 < ... < t_K = T".
+A grid has K+1 points for K steps, in sampling order: grid[0] = t_K (start: ``schedule.t_max``,
+which is T-1 unless the log-SNR there is below ``LAMBDA_MIN``; ``edm`` may start later), grid[-1] =
+t_0 = 0 (terminal point, explicit). Sec. 3.3: "a discretization 0 = t_0 < t_1 < ... < t_K = T".
 """
 
 from __future__ import annotations
