@@ -246,13 +246,16 @@ BatchSource = Callable[[], Batch]
 
 # ---------------------------------------------------------------- optimizers
 def golden_search(problem: StepProblem, pool: Batch, draw: BatchSource, config: FitConfig) -> float:
-    """Golden-section search of the pool-mean objective over tau in center +- window * (t - s).
+    """Golden-section search of the pool-mean objective over tau in center +- window * (t - s),
+    within [0, ``schedule.tau_max``].
 
     Deterministic (fixed pool, no gradients); keeps tau = center (the plain sampler's time)
     unless a better value is found.
     """
     t, s, center = problem.t, problem.s, problem.center
     lo, hi = max(0.0, center - config.window * (t - s)), center + config.window * (t - s)
+    if problem.schedule.tau_max is not None:
+        hi = min(hi, problem.schedule.tau_max)
     inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
     c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
     fc, fd = problem.mean_loss(c, pool), problem.mean_loss(d, pool)
@@ -453,7 +456,7 @@ def fit_joint(
     world: World = World(),
 ) -> FitResult:
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
-    delta from 0, Adam on minibatches of a fixed pool of x_T, loss = mean over samples of the RMS
+    delta from 0, tau in [0, ``schedule.tau_max``], Adam on minibatches of a fixed pool of x_T, loss = mean over samples of the RMS
     distance of the sampler's end point to a teacher's from the same x_T (the reference solver of
     ``compare``, ``teacher_nfe`` log-SNR-uniform steps of DPM-Solver++(2M) from t_K to t_0), both
     as delivered (``EpsModel.delivered``: a pixel model's clamped to [-1, 1]; straight-through
@@ -505,7 +508,7 @@ def fit_joint(
         net = bind_labels(eps, batch.labels)
         if config.checkpointing and torch.is_grad_enabled():
             net = _checkpointed(net)
-        out = run_sampler(sampler, net, batch.x_t, list(g), list(taus.clamp(min=0.0)), ctx)
+        out = run_sampler(sampler, net, batch.x_t, list(g), list(taus.clamp(0.0, schedule.tau_max)), ctx)
         if eps.data_range is not None:  # compared as delivered, like the verdict; the gradient passes the clamp
             # unchanged (straight-through), so a pixel pushed out of range is still pulled back towards the teacher's
             out = out + (eps.delivered(out) - out).detach()
@@ -536,7 +539,7 @@ def fit_joint(
     if progress:
         progress(config.iterations, config.iterations, "done")
     count = len(nominal)
-    return FitResult([float(v) for v in fitted.clamp(min=0.0)], [plain] * count, [result.holdout_loss] * count,
+    return FitResult([float(v) for v in fitted.clamp(0.0, schedule.tau_max)], [plain] * count, [result.holdout_loss] * count,
                      time.perf_counter() - start,
                      [float(v) for v in fitted_grid] if winner != "taus" and result.best_iteration else None, winner,
                      {name: fit[0] for name, fit in fits.items()}, n)

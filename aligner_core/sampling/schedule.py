@@ -104,6 +104,13 @@ class NoiseSchedule:
         return self.spec.num_train_timesteps
 
     @property
+    def tau_max(self) -> float | None:
+        """The latest time a fit may feed the network: ``t_max`` where the schedule was clipped there
+        (past it log alpha falls steeply, and a tau there made a v-model's fit a cliff), else None (a
+        tau may go past T-1, where log alpha is extrapolated linearly)."""
+        return self._t_max if self._t_max < self.num_train_timesteps - 1 else None
+
+    @property
     def t_max(self) -> float:
         """Where every grid starts: T-1, the last trained time, or earlier where lambda(T-1) < LAMBDA_MIN
         (the time with lambda = LAMBDA_MIN)."""
