@@ -42,12 +42,14 @@ def zoo_models(root: Path) -> dict[str, Path]:
     return found
 
 
-def sample_scale(model, samples: int = 16) -> dict[str, float]:
-    """RMS and largest |x| of the model's ODE samples (the reference solver, 100 steps)."""
+def sample_scale(model, samples: int = 16, start: float | None = None) -> dict[str, float]:
+    """RMS and largest |x| of the model's ODE samples (the reference solver, 100 steps) from
+    ``start`` (default: the schedule's t_max, where every grid starts)."""
     schedule = model.eps.schedule
     x = PerSampleNoise(0, range(samples), model.sample_shape)()
+    ends = [schedule.t_max if start is None else start, 0.0]
     with torch.no_grad():
-        y = reference_solve(model.eps, x, reference_grid([schedule.t_max, 0.0], 100, schedule)[0], StepContext(schedule))
+        y = reference_solve(model.eps, x, reference_grid(ends, 100, schedule)[0], StepContext(schedule))
     return {"rms": reference_rms(y), "max_abs": float(y.abs().max())}
 
 

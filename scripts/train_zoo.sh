@@ -23,6 +23,10 @@ if [ "$out" = heldout ]; then
   train cifar16-eps-cosine --data cifar10 --size 16 --schedule squaredcos_cap_v2 --channels 32,64,64 --max-steps 1500 --minutes 20 --seed 8 --out "$out/cifar16-eps-cosine/model.safetensors"
   train textures8-v-scaledlin --data textures --crop 8 --schedule scaled_linear --prediction-type v_prediction --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 9 --out "$out/textures8-v-scaledlin/model.safetensors"
   train mnist28-eps-linear --data mnist --channels 16,32,32 --max-steps 2000 --minutes 20 --seed 10 --out "$out/mnist28-eps-linear/model.safetensors"
+  # two eps models on the cosine schedule, trained on 2026-11-29 after grids of that schedule began at log-SNR -5.1
+  # (the rule was diagnosed on cifar16-eps-cosine; these test it)
+  train textures8-eps-cosine --data textures --crop 8 --schedule squaredcos_cap_v2 --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 11 --out "$out/textures8-eps-cosine/model.safetensors"
+  train mnist16-eps-cosine --data mnist --size 16 --schedule squaredcos_cap_v2 --channels 32,64,64 --max-steps 2000 --minutes 20 --seed 12 --out "$out/mnist16-eps-cosine/model.safetensors"
   exit 0
 fi
 mkdir -p "$out" "$logs"

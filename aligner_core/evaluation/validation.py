@@ -139,11 +139,11 @@ RUN_OFF_RMS = 5.0  # reference end points with an RMS over 5x the data range's m
 def run_off_message(rms: float | None, data_range: tuple[float, float] | None, reference_nfe: int) -> str | None:
     """Why the model itself looks broken, or None: its accurate samples lie far outside the data
     range (RMS over ``RUN_OFF_RMS`` times the range's largest magnitude). Clamped, such end points
-    say little, and no timestep can repair the model's ODE. Seen on two v-models read as eps (RMS 34
-    and 19,100), and on an eps model with a cosine schedule when grids started at t = 999 (RMS 230;
-    from ``schedule.t_max``, where log-SNR = -5.1, 2.6); the demo and the zoo and held-out models
-    have RMS 0.48-2.6; an eps model read as v stays in range (0.73) and is not caught
-    (``benchmarks/run_off.py``, docs/measurements/run-off-*.txt)."""
+    say little, and no timestep can repair the model's ODE. Seen on two v-models read as eps (RMS 154
+    and 34) and on an eps model with a cosine schedule, under-trained at high noise (12); another
+    such model had 230 when grids started at t = 999, 2.3 from ``schedule.t_max``. The demo and the
+    other eleven zoo and held-out models have RMS 0.48-2.3; an eps model read as v stays in range
+    (0.73) and is not caught (``benchmarks/run_off.py``, docs/measurements/run-off-*.txt)."""
     if data_range is None or rms is None:
         return None
     if not rms > RUN_OFF_RMS * max(abs(data_range[0]), abs(data_range[1])):
