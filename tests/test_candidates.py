@@ -132,7 +132,7 @@ def test_second_order_samplers_fit_taus_alone(gmm_eps):
     assert set(result.candidates) == {"taus"} and result.grid is None and len(result.taus) == 6
 
 
-@pytest.mark.parametrize("preset", ["default", "golden"])
+@pytest.mark.parametrize("preset", ["default", "golden", "official"])
 def test_a_cosine_schedules_taus_stay_at_or_below_its_clipped_start(preset):
     """A cosine schedule's grid starts at lambda = -5.1 (t_max = 995.08; alpha(999) = 4.9e-5 is left
     out). Past t_max log alpha falls steeply (a v-model's fit there was a cliff), so no fit feeds the

@@ -150,6 +150,40 @@ def test_every_reader_refuses_a_nan_tau(cli, gmm_artifact, tmp_path):
         AlignedScheduler.from_artifact(TauArtifact.model_validate(doc))
 
 
+def _on_the_cosine_schedule(doc: dict) -> dict:
+    """The artifact moved to a cosine schedule: its grid, coefficients and evaluation times recomputed, taus = plain."""
+    import torch
+
+    from dpm_align.aligner_core.sampling.samplers import nominal_eval_times
+    from dpm_align.aligner_core.sampling.schedule import NoiseSchedule, ScheduleSpec
+    from dpm_align.aligner_core.sampling.trajectory import make_grid
+
+    spec = ScheduleSpec(beta_schedule="squaredcos_cap_v2")
+    schedule, traj = NoiseSchedule(spec), doc["trajectory"]
+    grid = make_grid(traj["kind"], traj["steps"], schedule)
+    times = torch.tensor(grid, dtype=torch.float64)
+    doc["model"]["schedule"] = spec.model_dump()
+    traj.update(timesteps=grid, alphas=schedule.alpha(times).tolist(), sigmas=schedule.sigma(times).tolist())
+    doc["eval_times"] = nominal_eval_times(doc["sampler"]["name"], grid, schedule)
+    doc["taus"] = list(doc["eval_times"])
+    return doc
+
+
+def test_a_tau_past_a_clipped_schedules_start_is_refused(cli, gmm_artifact, tmp_path):
+    """A cosine schedule's grids start at t_max = 995.08, and no fit feeds the network a later time:
+    the check holds its taus to [0, t_max] (other schedules: T - 1 plus one step)."""
+    doc = _on_the_cosine_schedule(copy.deepcopy(gmm_artifact))
+    path = tmp_path / "taus.json"
+    path.write_text(json.dumps(doc))
+    checked = cli("inspect", path, "--check")
+    assert checked.exit_code == 0, checked.output
+    assert "4 taus (= nfe) in [0, 995.078]" in checked.stdout
+    doc["taus"][0] = doc["trajectory"]["timesteps"][0] + 1.0
+    path.write_text(json.dumps(doc))
+    one_line_error(cli("inspect", path, "--check"), 1, "taus[0] = 996.077 is outside the model's time range [0, 995.078] "
+                   "(where the clipped schedule's grids start); re-create it with `dpm-align align`")
+
+
 def test_an_artifact_of_another_model_is_refused(cli, gmm_artifact, tmp_path):
     path = tmp_path / "taus.json"
     path.write_text(json.dumps(gmm_artifact))

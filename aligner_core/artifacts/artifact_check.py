@@ -36,8 +36,9 @@ def check_artifact(artifact: TauArtifact, model: ModelInfo | None = None, *, sou
     type). Returns what was verified, one line per check.
 
     The tau window: a tau must lie within ``TAU_WINDOW`` = 2 widths of its step (t_j - t_{j+1}) of
-    the plain sampler's time of its evaluation, and inside [0, t_max + width of the first step]
-    (t_max = T - 1, the last trained time). The fitters search near the plain time: golden within
+    the plain sampler's time of its evaluation, and inside [0, T - 1 + width of the first step]
+    (T - 1: the last trained time), or [0, t_max] where the schedule's grids start before T - 1
+    (``NoiseSchedule.tau_max``: no fit feeds the network a later time). The fitters search near the plain time: golden within
     half a width, the joint fit in units of the width from 0; the fitted artifacts measured so far
     moved a tau by at most 0.97 widths (an official-preset fit on the mixture, whose first tau of
     1037.95 is also why the range reaches a step above T - 1, where the schedule extrapolates
@@ -176,8 +177,9 @@ def _taus(artifact: TauArtifact) -> str | None:
     ceiling = _tau_ceiling(artifact)
     for e, (tau, t) in enumerate(zip(artifact.taus, artifact.eval_times)):
         if not 0 <= tau <= ceiling:
-            return (f"taus[{e}] = {tau:g} is outside the model's time range [0, {ceiling:g}] (T - 1 plus one step); "
-                    f"{RECREATE}")
+            what = "T - 1 plus one step" if NoiseSchedule(artifact.model.schedule).tau_max is None else \
+                "where the clipped schedule's grids start"
+            return f"taus[{e}] = {tau:g} is outside the model's time range [0, {ceiling:g}] ({what}); {RECREATE}"
         width = grid[e // per] - grid[e // per + 1]
         if not abs(tau - t) <= TAU_WINDOW * width:
             return (f"taus[{e}] = {tau:g} is {abs(tau - t):g} from its evaluation time {t:g}, more than {TAU_WINDOW:g} "
@@ -186,6 +188,11 @@ def _taus(artifact: TauArtifact) -> str | None:
 
 
 def _tau_ceiling(artifact: TauArtifact) -> float:
+    """The latest time a fit feeds the network: a clipped schedule's t_max (``NoiseSchedule.tau_max``),
+    else T - 1 plus the first step's width."""
+    tau_max = NoiseSchedule(artifact.model.schedule).tau_max
+    if tau_max is not None:
+        return tau_max * (1 + RTOL)
     grid = artifact.trajectory.timesteps
     return artifact.model.schedule.num_train_timesteps - 1 + (grid[0] - grid[1])
 

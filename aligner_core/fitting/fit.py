@@ -274,15 +274,18 @@ def golden_search(problem: StepProblem, pool: Batch, draw: BatchSource, config: 
 
 def adam_ratio(problem: StepProblem, pool: Batch, draw: BatchSource, config: FitConfig) -> float:
     """The official optimizer: tau = r * t (t: the evaluation's nominal time), r initialised at 1,
-    Adam on minibatches."""
+    Adam on minibatches; tau at most ``schedule.tau_max``."""
     r = torch.ones((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([r], lr=config.lr)
+    tau_max = problem.schedule.tau_max
     for _ in range(config.iterations):
-        loss = problem.losses(r * problem.center, draw()).mean()
+        tau = r * problem.center
+        loss = problem.losses(tau if tau_max is None else tau.clamp(max=tau_max), draw()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(r.detach()) * problem.center
+    tau = float(r.detach()) * problem.center
+    return tau if tau_max is None else min(tau, tau_max)
 
 
 Optimizer = Callable[[StepProblem, Batch, BatchSource, FitConfig], float]
