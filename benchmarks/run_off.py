@@ -11,15 +11,13 @@ reference solver, 100 steps, unclamped) and whether ``Validation.run_off`` fires
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from dpm_align.aligner_core.evaluation.validation import RUN_OFF_RMS, run_off_message
 from dpm_align.aligner_core.models.loading import load_model
-from zoo import sample_scale, zoo_models
+from zoo import labelled_models, sample_scale
 
-ROOTS = (Path("models/zoo"), Path("models/heldout"))
 MISREAD = [("zoo/mnist16-v-cosine", "epsilon"), ("heldout/textures8-v-scaledlin", "epsilon"),
            ("zoo/digits8-eps-linear", "v_prediction")]  # label in the table -> the wrong prediction type
 
@@ -30,7 +28,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    paths = {f"{root.name}/{name}": path for root in ROOTS for name, path in zoo_models(root).items()}
+    paths = labelled_models()
     rows = [("demo", None, None), *((label, path, None) for label, path in paths.items())]
     rows += [(f"models/{label} read as {kind}", paths[label], kind) for label, kind in MISREAD]
     print(f"{args.samples} samples each, reference solver 100 steps; run-off rule: RMS > {RUN_OFF_RMS:g} x the data range's magnitude")

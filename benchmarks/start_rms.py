@@ -12,12 +12,11 @@ grids start: log-SNR -5.1 for the cosine schedule) and from a few later times. D
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from dpm_align.aligner_core.models.loading import load_model
-from zoo import sample_scale, zoo_models
+from zoo import labelled_models, sample_scale
 
 MODELS = ["heldout/cifar16-eps-cosine", "heldout/textures8-eps-cosine", "heldout/mnist16-eps-cosine",
           "heldout/digits8-v-cosine", "zoo/mnist16-v-cosine", "heldout/mnist28-eps-linear"]
@@ -30,8 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    paths = {f"{root.name}/{name}": path for root in (Path("models/zoo"), Path("models/heldout"))
-             for name, path in zoo_models(root).items()}
+    paths = labelled_models()
     print(f"{args.samples} samples each, reference solver 100 steps, unclamped; cells: RMS (largest |x|)")
     print("| model | t_max | " + " | ".join("from t_max" if s is None else f"from {s:g}" for s in STARTS) + " |")
     print("| --- | --- |" + " --- |" * len(STARTS))

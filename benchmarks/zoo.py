@@ -42,6 +42,11 @@ def zoo_models(root: Path) -> dict[str, Path]:
     return found
 
 
+def labelled_models(roots: tuple[Path, ...] = (Path("models/zoo"), Path("models/heldout"))) -> dict[str, Path]:
+    """"zoo/NAME" or "heldout/NAME" (the folder's name) -> model path, for every model under ``roots``."""
+    return {f"{root.name}/{name}": path for root in roots for name, path in zoo_models(root).items()}
+
+
 def sample_scale(model, samples: int = 16, start: float | None = None) -> dict[str, float]:
     """RMS and largest |x| of the model's ODE samples (the reference solver, 100 steps) from
     ``start`` (default: the schedule's t_max, where every grid starts)."""
