@@ -38,8 +38,8 @@ def check_artifact(artifact: TauArtifact, model: ModelInfo | None = None, *, sou
     The tau window: a tau must lie within ``TAU_WINDOW`` = 2 widths of its step (t_j - t_{j+1}) of
     the plain sampler's time of its evaluation, and inside [0, T - 1 + width of the first step]
     (T - 1: the last trained time), or [0, t_max] where the schedule's grids start before T - 1
-    (``NoiseSchedule.tau_max``: no fit feeds the network a later time). The fitters search near the plain time: golden within
-    half a width, the joint fit in units of the width from 0; the fitted artifacts measured so far
+    (``NoiseSchedule.tau_max``: no fit feeds the network a later time). The fitters search near
+    the plain time: golden within half a width, the joint fit in units of the width from 0; the fitted artifacts measured so far
     moved a tau by at most 0.97 widths (an official-preset fit on the mixture, whose first tau of
     1037.95 is also why the range reaches a step above T - 1, where the schedule extrapolates
     linearly). Twice the width leaves room for those fits and still refuses a tau from another

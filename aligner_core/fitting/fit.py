@@ -459,8 +459,8 @@ def fit_joint(
     world: World = World(),
 ) -> FitResult:
     """All taus at once (LD3-style): tau_e = t_e + delta_e * h_e (h_e: the width of e's step),
-    delta from 0, tau in [0, ``schedule.tau_max``], Adam on minibatches of a fixed pool of x_T, loss = mean over samples of the RMS
-    distance of the sampler's end point to a teacher's from the same x_T (the reference solver of
+    delta from 0, tau in [0, ``schedule.tau_max``], Adam on minibatches of a fixed pool of x_T,
+    loss = mean over samples of the RMS distance of the sampler's end point to a teacher's from the same x_T (the reference solver of
     ``compare``, ``teacher_nfe`` log-SNR-uniform steps of DPM-Solver++(2M) from t_K to t_0), both
     as delivered (``EpsModel.delivered``: a pixel model's clamped to [-1, 1]; straight-through
     gradient): the verdict's end-point L2 up to a constant. Its square, used before, was steered by a few
