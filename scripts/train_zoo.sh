@@ -27,6 +27,9 @@ if [ "$out" = heldout ]; then
   # (the rule was diagnosed on cifar16-eps-cosine; these test it)
   train textures8-eps-cosine --data textures --crop 8 --schedule squaredcos_cap_v2 --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 11 --out "$out/textures8-eps-cosine/model.safetensors"
   train mnist16-eps-cosine --data mnist --size 16 --schedule squaredcos_cap_v2 --channels 32,64,64 --max-steps 2000 --minutes 20 --seed 12 --out "$out/mnist16-eps-cosine/model.safetensors"
+  # two v models on the cosine schedule, trained on 2026-11-29 after taus were bounded by the clipped start (3ecc02c)
+  train textures8-v-cosine --data textures --crop 8 --schedule squaredcos_cap_v2 --prediction-type v_prediction --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 13 --out "$out/textures8-v-cosine/model.safetensors"
+  train cifar8-v-cosine --data cifar10 --crop 8 --schedule squaredcos_cap_v2 --prediction-type v_prediction --channels 16,32,32 --max-steps 3000 --minutes 20 --seed 14 --out "$out/cifar8-v-cosine/model.safetensors"
   exit 0
 fi
 mkdir -p "$out" "$logs"

@@ -142,7 +142,7 @@ def run_off_message(rms: float | None, data_range: tuple[float, float] | None, r
     say little, and no timestep can repair the model's ODE. Seen on two v-models read as eps (RMS 154
     and 34) and on an eps model with a cosine schedule, under-trained at high noise (12); another
     such model had 230 when grids started at t = 999, 2.3 from ``schedule.t_max``. The demo and the
-    other eleven zoo and held-out models have RMS 0.48-2.3; an eps model read as v stays in range
+    other thirteen zoo and held-out models have RMS 0.46-2.3; an eps model read as v stays in range
     (0.73) and is not caught (``benchmarks/run_off.py``, docs/measurements/run-off-*.txt)."""
     if data_range is None or rms is None:
         return None
