@@ -1,8 +1,10 @@
 """Plain DDIM with diffusers' ``clip_sample`` beside plain DDIM as dpm-align runs it, and the taus.
 
 diffusers' DDPMScheduler and DDIMScheduler clip the predicted x0 to [-1, 1] at every step when
-their config says ``clip_sample: true`` (their default, and what a DDPMPipeline saves); DDIM then
-recomputes eps from the clipped x0. dpm-align's samplers and its fit do not clip. Per model and NFE
+their config says ``clip_sample: true`` (their default, and what a DDPMPipeline saves). Here eps is
+recomputed from the clipped x0, as diffusers' DDIM does with ``use_clipped_model_output=True`` (its
+default, False, keeps the unclipped eps in the direction term; not measured). dpm-align's samplers
+and its fit do not clip. Per model and NFE
 on the uniform grid, from the same noises, four DDIM samplers against the model's ODE
 (DPM-Solver++(2M), 100 evaluations, unclipped): plain; plain with the clip; the default ``align``'s
 taus (fitted without the clip, no verdict); and taus fitted by the default ``align`` on the
