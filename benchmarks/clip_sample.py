@@ -18,11 +18,10 @@ interval:
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
-
-import copy
 
 from dpm_align.aligner_core.api import SamplingPlan, align
 from dpm_align.aligner_core.evaluation.compare import reference_grid, reference_solve
@@ -31,7 +30,7 @@ from dpm_align.aligner_core.evaluation.verdict import mean_ratio_change
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, run_sampler
 from dpm_align.aligner_core.sampling.trajectory import make_grid
-from zoo import zoo_models
+from zoo import labelled_models
 
 
 class _Clipped:
@@ -71,7 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    paths = args.models or [str(p) for root in ("models/zoo", "models/heldout") for p in zoo_models(Path(root)).values()]
+    paths = args.models or [str(p) for p in labelled_models().values()]
     arms = ("plain + clip", "taus", "taus fitted with clip + clip")  # columns: end L2 ratio to plain [95%]
     print(f"| model | NFE | plain end L2 | {' | '.join(arms)} |\n| --- | --- | --- |"
           + " --- |" * len(arms), flush=True)

@@ -10,24 +10,16 @@ reference solver, 100 steps, unclamped) and whether ``Validation.run_off`` fires
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
 from dpm_align.aligner_core.evaluation.validation import RUN_OFF_RMS, run_off_message
 from dpm_align.aligner_core.models.loading import load_model
-from zoo import labelled_models, sample_scale
+from zoo import labelled_models, sample_scale, scale_args
 
 MISREAD = [("zoo/mnist16-v-cosine", "epsilon"), ("heldout/textures8-v-scaledlin", "epsilon"),
            ("zoo/digits8-eps-linear", "v_prediction")]  # label in the table -> the wrong prediction type
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = scale_args(64)
     paths = labelled_models()
     rows = [("demo", None, None), *((label, path, None) for label, path in paths.items())]
     rows += [(f"models/{label} read as {kind}", paths[label], kind) for label, kind in MISREAD]

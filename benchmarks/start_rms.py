@@ -11,12 +11,8 @@ grids start: log-SNR -5.1 for the cosine schedule) and from a few later times. D
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
 from dpm_align.aligner_core.models.loading import load_model
-from zoo import labelled_models, sample_scale
+from zoo import labelled_models, sample_scale, scale_args
 
 MODELS = ["heldout/cifar16-eps-cosine", "heldout/textures8-eps-cosine", "heldout/mnist16-eps-cosine",
           "heldout/digits8-v-cosine", "zoo/mnist16-v-cosine", "heldout/mnist28-eps-linear"]
@@ -24,11 +20,7 @@ STARTS = (999.0, None, 990.0, 980.0, 950.0, 900.0)  # None: the schedule's t_max
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = scale_args(32)
     paths = labelled_models()
     print(f"{args.samples} samples each, reference solver 100 steps, unclamped; cells: RMS (largest |x|)")
     print("| model | t_max | " + " | ".join("from t_max" if s is None else f"from {s:g}" for s in STARTS) + " |")

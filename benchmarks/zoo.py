@@ -47,6 +47,17 @@ def labelled_models(roots: tuple[Path, ...] = (Path("models/zoo"), Path("models/
     return {f"{root.name}/{name}": path for root in roots for name, path in zoo_models(root).items()}
 
 
+def scale_args(samples: int) -> argparse.Namespace:
+    """The options of the sample-scale benchmarks (run_off.py, start_rms.py): --samples (default
+    ``samples``) and --threads, which it applies."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def sample_scale(model, samples: int = 16, start: float | None = None) -> dict[str, float]:
     """RMS and largest |x| of the model's ODE samples (the reference solver, 100 steps) from
     ``start`` (default: the schedule's t_max, where every grid starts)."""

@@ -51,7 +51,7 @@ def check_artifact(artifact: TauArtifact, model: ModelInfo | None = None, *, sou
     checks = [
         f"schema v{artifact.schema_version}, key matches its contents, every number finite",
         f"{traj.label} grid decreasing; alphas, sigmas and evaluation times match the stored schedule and sampler",
-        f"{len(artifact.taus)} taus (= nfe) in [0, {_tau_ceiling(artifact):g}], each within {TAU_WINDOW:g} step "
+        f"{len(artifact.taus)} taus (= nfe) in [0, {_tau_range(artifact)[0]:g}], each within {TAU_WINDOW:g} step "
         "widths of its evaluation time",
         "no validation block" if validation is None else f"verdict {validation.verdict!r} consistent with its numbers",
     ]
@@ -137,7 +137,7 @@ def _grid(artifact: TauArtifact) -> str | None:
     schedule = NoiseSchedule(artifact.model.schedule)
     grid = make_grid(traj.kind, traj.steps, schedule, traj.rho)
     last = schedule.num_train_timesteps - 1
-    if schedule.t_max < last and _close(stored[0], last) and not _close(grid[0], last):
+    if schedule.tau_max is not None and _close(stored[0], last):
         return (f"trajectory.timesteps[0] = {stored[0]:g}: grids of this schedule now start at t = {grid[0]:.6g}, where "
                 f"log-SNR = {LAMBDA_MIN:g} (not at its last timestep, where it is below); {RECREATE}")
     if traj.fitted:  # a fitted grid keeps the kind grid's ends
@@ -174,11 +174,9 @@ def _eval_times(artifact: TauArtifact) -> str | None:
 
 def _taus(artifact: TauArtifact) -> str | None:
     grid, per = artifact.trajectory.timesteps, artifact.trajectory.nfe // artifact.trajectory.steps
-    ceiling = _tau_ceiling(artifact)
+    ceiling, what = _tau_range(artifact)
     for e, (tau, t) in enumerate(zip(artifact.taus, artifact.eval_times)):
         if not 0 <= tau <= ceiling:
-            what = "T - 1 plus one step" if NoiseSchedule(artifact.model.schedule).tau_max is None else \
-                "where the clipped schedule's grids start"
             return f"taus[{e}] = {tau:g} is outside the model's time range [0, {ceiling:g}] ({what}); {RECREATE}"
         width = grid[e // per] - grid[e // per + 1]
         if not abs(tau - t) <= TAU_WINDOW * width:
@@ -187,14 +185,14 @@ def _taus(artifact: TauArtifact) -> str | None:
     return None
 
 
-def _tau_ceiling(artifact: TauArtifact) -> float:
-    """The latest time a fit feeds the network: a clipped schedule's t_max (``NoiseSchedule.tau_max``),
-    else T - 1 plus the first step's width."""
+def _tau_range(artifact: TauArtifact) -> tuple[float, str]:
+    """The latest time a fit feeds the network, and what it is: a clipped schedule's t_max
+    (``NoiseSchedule.tau_max``), else T - 1 plus the first step's width."""
     tau_max = NoiseSchedule(artifact.model.schedule).tau_max
     if tau_max is not None:
-        return tau_max * (1 + RTOL)
+        return tau_max * (1 + RTOL), "where the clipped schedule's grids start"
     grid = artifact.trajectory.timesteps
-    return artifact.model.schedule.num_train_timesteps - 1 + (grid[0] - grid[1])
+    return artifact.model.schedule.num_train_timesteps - 1 + (grid[0] - grid[1]), "T - 1 plus one step"
 
 
 def _validation(artifact: TauArtifact) -> str | None:
