@@ -6,7 +6,7 @@
 A budget ``a/b`` is ``a`` Adam steps for the taus alone and ``b`` for grid+taus, which continues
 from the taus' fit (``FitConfig.iterations`` / ``continue_iterations``), run to the end; ``a/bpN``
 stops a candidate after N held-out checks in a row without a gain (``FitConfig.patience``);
-``a/b,key=value,...`` sets further ``FitConfig`` fields (e.g. ``50/50,holdout=128``);
+``default`` keeps the setting's own steps; ``a/b,key=value,...`` (or ``default,key=value``) sets further ``FitConfig`` fields (e.g. ``50/50,holdout=128``);
 everything else is the default fit for the setting's NFE (80/80 at lr 0.02 for DDIM at NFE <= 5). ``--seeds`` fits every budget with each seed (the fit is chaotic:
 bit-level differences change the taus) and also prints each budget's mean over the seeds. For every setting (model:trajectory:NFE, DDIM, seed 0; ``demo`` is the embedded
 model, ``gmm...`` a mixture spec, other names are in ``models/zoo``) each budget is fitted, then all of them and the plain
@@ -65,9 +65,11 @@ def config_overrides(pairs: list[str]) -> dict:
 
 
 def parse_budget(text: str) -> dict:
-    """``a/b``, ``a/bpN``, then ``,key=value`` pairs: the ``FitConfig`` overrides of a budget (Adam steps of
-    the taus and of grid+taus, the patience, further fields)."""
+    """``a/b``, ``a/bpN`` or ``default`` (the setting's own steps), then ``,key=value`` pairs: the ``FitConfig``
+    overrides of a budget (Adam steps of the taus and of grid+taus, the patience, further fields)."""
     head, *pairs = text.split(",")
+    if head == "default":
+        return config_overrides(pairs)
     steps, _, patience = head.partition("p")
     taus_steps, grid_steps = (int(v) for v in steps.split("/"))
     return {"iterations": taus_steps, "continue_iterations": grid_steps, "patience": int(patience) if patience else None,

@@ -3,9 +3,9 @@
     python benchmarks/zoo.py --table rows.jsonl     # the rows as a markdown table
     python benchmarks/zoo.py --out rows.jsonl [--zoo models/zoo] [--nfe 5 10] [--trajectories uniform quadratic]
         [--eval-samples 512] [--eval-reference-nfe 100] [--eval-trajectories uniform] [--eval-nfe 10] [--budget-s 3000] [--threads 2]
-        [--set key=value ...]
+        [--set key=value ...] [--sampler ddim]
 
-For every zoo model x trajectory x NFE (DDIM, seed 0): the default `align` with its default verdict
+For every zoo model x trajectory x NFE (``--sampler``, DDIM by default; seed 0): the default `align` with its default verdict
 (held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
 samples (only on --eval-trajectories, to save time on CPU): the end-point ratio and the kernel
 distance with their 95% intervals. Per model it first prints whether the model's own samples are
@@ -28,7 +28,7 @@ from dpm_align.aligner_core.api import SamplingPlan, align, trajectory_gap
 from dpm_align.aligner_core.evaluation.compare import reference_grid, reference_solve
 from dpm_align.aligner_core.fitting.fit import resolve_config
 from dpm_align.aligner_core.models.loading import load_model
-from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext
+from dpm_align.aligner_core.sampling.samplers import PerSampleNoise, StepContext, is_stochastic
 from dpm_align.aligner_core.evaluation.validation import ValidationSettings, reference_rms
 from fit_budget import config_overrides
 
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--eval-nfe", type=int, nargs="+", default=None, help="eval only these NFE (default: all)")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sampler", default="ddim", help="the sampler of every row (its default fit and verdict)")
     ap.add_argument("--set", action="append", default=[], help="a FitConfig field of the fit, key=value (JSON value)")
     args = ap.parse_args()
     if args.table is not None:
@@ -128,17 +129,19 @@ def main() -> None:
                     if time.time() - start > args.budget_s:
                         print(f"budget of {args.budget_s:.0f}s reached; stopping", flush=True)
                         return
-                    plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, nfe)
+                    plan = SamplingPlan.make(model.eps.schedule, args.sampler, None, trajectory, nfe)
+                    plan = plan.with_gammas(model)
                     t0 = time.time()
-                    config = resolve_config("default", sampler=plan.sampler, nfe=plan.nfe).model_copy(update=overrides)
+                    config = resolve_config("default", stochastic=is_stochastic(plan.sampler, plan.eta), sampler=plan.sampler,
+                                            nfe=plan.nfe).model_copy(update=overrides)
                     artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
-                    line = (f"{name:24} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
+                    line = (f"{name:24} {plan.sampler:12} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
                             f"{v.summary()}")
-                    row = {"model": name, "fit_overrides": overrides, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
+                    row = {"model": name, "sampler": plan.sampler, "fit_overrides": overrides, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
                            "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
                            "reference_error": v.reference.error_l2, "data_range": v.data_range, "eval": None}

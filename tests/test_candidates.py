@@ -235,3 +235,14 @@ def test_grid_and_taus_continue_with_their_own_learning_rate(gmm_eps):
     default, slower, same = fit(None), fit(1e-3), fit(0.05)  # 0.05: the joint preset's lr
     assert slower["taus"] == default["taus"] == same["taus"]
     assert same["grid+taus"] == default["grid+taus"] and slower["grid+taus"] != default["grid+taus"]
+
+
+def test_the_joint_learning_rate_rises_over_the_warmup_then_decays_on_a_cosine():
+    """``learning_rate_factor``: linear from 1/warmup to 1 over the warm-up steps, then 0.5 (1 + cos(pi k / K));
+    no warm-up by default (warmup = 0 is the plain cosine)."""
+    from dpm_align.aligner_core.fitting.fit import PRESETS, learning_rate_factor
+
+    assert [round(learning_rate_factor(k, 80, 8), 4) for k in (0, 3, 7, 8, 40, 79)] == \
+        [0.125, 0.4983, 0.9812, 0.9755, 0.5, 0.0004]
+    assert [learning_rate_factor(k, 50, 1) for k in (0, 25, 50)] == [1.0, 0.5, 0.0]
+    assert PRESETS["joint"].warmup == 0 == resolve_config("default", sampler="ddim", nfe=5).warmup

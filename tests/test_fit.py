@@ -79,7 +79,8 @@ def test_official_preset_is_the_papers_optimizer(gmm_eps):
      ({"preset": "default", "strategy": "random"}, "unknown strategy 'random'"),
      ({"preset": "default", "optimizer": "sgd"}, "unknown optimizer 'sgd'; choose one of: golden, adam"),
      ({"preset": "default", "objective": "fid"}, "unknown objective 'fid'"),
-     ({"preset": "default", "iterations": 0}, "invalid fit settings")],
+     ({"preset": "default", "iterations": 0}, "invalid fit settings: iterations: Input should be greater than or equal to 1"),
+     ({"preset": "joint", "warmup": 1.0}, "invalid fit settings: warmup: Input should be less than 1")],
 )
 def test_bad_fit_settings(kwargs, message):
     with pytest.raises(UsageError, match=message):
