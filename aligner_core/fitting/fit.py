@@ -563,8 +563,8 @@ def learning_rate_factor(step: int, iterations: int, warmup_steps: int) -> float
     """The joint fit's learning rate at Adam step ``step`` (from 0) as a fraction of ``lr``: a linear rise
     over ``warmup_steps`` (1: none, the default), then a cosine decay to 0 at ``iterations``. Without the
     decay the last minibatch steps can throw the taus off a good point (mixture, uniform NFE 5: pool loss
-    0.0013 -> 0.012). A 10% rise steadied mnist16-v-cosine's NFE-5 fit but made three other zoo models
-    worse, so it is off by default (docs/RESULTS.md)."""
+    0.0013 -> 0.012). A 10% rise steadied mnist16-v-cosine's fits but made other zoo settings worse (3 of 6
+    at NFE 5, 4 of 5 at NFE 10), so it is off by default (docs/RESULTS.md)."""
     return min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(step, iterations) / iterations))
 
 
