@@ -130,12 +130,12 @@ def main() -> None:
                         print(f"budget of {args.budget_s:.0f}s reached; stopping", flush=True)
                         return
                     plan = SamplingPlan.make(model.eps.schedule, args.sampler, None, trajectory, nfe)
-                    plan = plan.with_gammas(model)
                     t0 = time.time()
                     config = resolve_config("default", stochastic=is_stochastic(plan.sampler, plan.eta), sampler=plan.sampler,
                                             nfe=plan.nfe).model_copy(update=overrides)
                     artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
+                    plan = plan.with_gammas(model, table=artifact.analytic)  # an analytic sampler's eval: the fit's Gamma_t
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
