@@ -96,7 +96,7 @@ def main() -> None:
         plan = SamplingPlan.make(model.eps.schedule, "ddim", None, trajectory, int(nfe))
         candidates, fits = {"plain": None}, {}
         for label, overrides, seed in budgets:
-            config = resolve_config("default", sampler="ddim", nfe=plan.nfe).model_copy(update=overrides)
+            config = resolve_config("default", sampler="ddim", nfe=plan.nfe, **overrides)  # as align's options would
             start = time.perf_counter()
             result = fit_taus(model.eps, model.eps.schedule, plan.grid, "ddim", 0.0, config, model.sample_shape,
                               seed=seed)

@@ -132,7 +132,7 @@ def main() -> None:
                     plan = SamplingPlan.make(model.eps.schedule, args.sampler, None, trajectory, nfe)
                     t0 = time.time()
                     config = resolve_config("default", stochastic=is_stochastic(plan.sampler, plan.eta), sampler=plan.sampler,
-                                            nfe=plan.nfe).model_copy(update=overrides)
+                                            nfe=plan.nfe, **overrides)  # as align's options would
                     artifact = align(model, plan, config, validation=ValidationSettings())
                     align_s = time.time() - t0
                     plan = plan.with_gammas(model, table=artifact.analytic)  # an analytic sampler's eval: the fit's Gamma_t
@@ -140,8 +140,11 @@ def main() -> None:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
                     line = (f"{name:24} {plan.sampler:12} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
+                            f"held-out x{artifact.fit.loss_after[0] / artifact.fit.loss_before[0]:.3f}  "
                             f"{v.summary()}")
                     row = {"model": name, "sampler": plan.sampler, "fit_overrides": overrides, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
+                           "holdout_ratio": round(artifact.fit.loss_after[0] / artifact.fit.loss_before[0], 4),
+                           "candidates": {k: c.model_dump() for k, c in (artifact.fit.candidates or {}).items()},
                            "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},
                            "reference_error": v.reference.error_l2, "data_range": v.data_range, "eval": None}

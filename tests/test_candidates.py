@@ -89,6 +89,7 @@ def test_tampered_fitted_grid_fails_the_check(cli, fitgrid_artifact, tmp_path):
     (("--candidates", "taus,steps"), "unknown --candidates steps; choose from taus, grid+taus, grid"),
     (("--candidates", ","), "unknown --candidates ','"),
     (("--patience", "1", "--preset", "golden"), "--patience stops joint fits early; use it with the default or --preset joint"),
+    (("--retry-gain", "0.2", "--preset", "golden"), "--retry-gain retries joint fits; use it with the default or --preset joint"),
 ])
 def test_candidate_usage_errors(cli, options, fragment):
     one_line_error(cli("align", "--model", GMM, "--nfe", "4", *options, "--quiet", "--no-validate"), 2, fragment)
@@ -160,8 +161,47 @@ def test_the_default_for_ddim_at_few_steps_takes_more_smaller_adam_steps():
                    resolve_config("joint", sampler="ddim", nfe=5)):
         assert (config.objective, config.lr, config.iterations) == ("joint", 0.05, 50)
     assert resolve_config("default", sampler="ddim", nfe=3, iterations=6).model_dump() == \
-        {**few.model_dump(), "iterations": 6}
+        {**few.model_dump(), "iterations": 6, "retry_gain": None}  # an explicit budget: no retry
     assert resolve_config("default", stochastic=True, sampler="ddim", nfe=5).optimizer == "golden"
+
+
+def test_the_default_for_ddim_up_to_nfe_10_retries_a_fit_that_gains_little():
+    """DDIM at NFE <= 10 without --iterations: a longer fit when the default gains under 10% (docs/RESULTS.md);
+    not above NFE 10, for other samplers, for an explicit preset or budget; 0 switches it off."""
+    for nfe in (3, 5, 10):
+        config = resolve_config("default", sampler="ddim", nfe=nfe)
+        assert (config.retry_gain, config.retry_iterations, config.retry_lr) == (0.1, 300, 0.05)
+    for config in (resolve_config("default", sampler="ddim", nfe=11), resolve_config("default"),
+                   resolve_config("default", sampler="dpm-solver-2", nfe=5),
+                   resolve_config("default", sampler="ddim", nfe=5, iterations=80),
+                   resolve_config("default", sampler="ddim", nfe=5, retry_gain=0),
+                   resolve_config("joint", sampler="ddim", nfe=5)):
+        assert config.retry_gain is None
+    assert resolve_config("joint", retry_gain=0.3).retry_gain == 0.3
+
+
+def test_a_retry_adds_longer_fits_and_the_lowest_held_out_loss_of_all_wins(gmm_eps):
+    grid = make_grid("uniform", 4, gmm_eps.schedule)
+    seen: dict[str, int] = {}
+
+    def progress(done, total, message):
+        if message.startswith("joint "):
+            seen[message.split(":")[0][len("joint "):]] = total
+
+    def fit(retry_gain):
+        config = resolve_config("default", iterations=4, num_samples=16, retry_gain=retry_gain, retry_iterations=6)
+        return fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE, progress=progress)
+
+    plain = fit(None)
+    assert set(plain.candidates) == {"taus", "grid+taus"}
+    retried = fit(1.0)  # every fit gains less than 100%: always retried
+    assert seen == {"taus": 4, "grid+taus": 4, "taus (retry)": 6, "grid+taus (retry)": 6}
+    assert {k: retried.candidates[k] for k in plain.candidates} == plain.candidates  # the first round unchanged
+    best = min(retried.candidates, key=lambda k: retried.candidates[k].holdout_loss)
+    assert retried.candidate == best and retried.loss_after[0] == retried.candidates[best].holdout_loss
+    assert (retried.grid is None) == best.startswith("taus")
+    gain = 1 - plain.loss_after[0] / plain.loss_before[0]
+    assert 0 < gain < 1 and set(fit(gain * 0.99).candidates) == set(plain.candidates)  # gained enough: no retry
 
 
 def test_a_fit_that_keeps_the_plain_times_is_unchanged_without_validating(cli, tmp_path, monkeypatch):

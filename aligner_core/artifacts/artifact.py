@@ -91,7 +91,8 @@ class FitInfo(_Strict):
                                   "| bf16 | fp16; None: torch's settings, and artifacts before 0.2.0)")
     loss_before: list[float | None]
     loss_after: list[float | None]
-    candidate: str | None = Field(None, description="joint fits: the winning candidate (taus, grid+taus, grid)")
+    candidate: str | None = Field(None, description="joint fits: the winning candidate (taus, grid+taus, grid; "
+                                  "'name (retry)' when the longer fit of retry_gain won)")
     candidates: dict[str, CandidateFit] | None = Field(None, description="joint fits: every candidate's held-out loss")
 
 
