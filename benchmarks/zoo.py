@@ -74,13 +74,14 @@ def interval(pair, scale: float = 1.0, shift: float = 0.0) -> str:
 
 
 def table(path: Path) -> None:
-    print("| model | grid | NFE | winner | verdict (n) | end L2 change, % | kernel change, % | eval end L2 change, % (n) "
+    print("| model | grid | NFE | winner | held-out × | verdict (n) | end L2 change, % | kernel change, % | eval end L2 change, % (n) "
           "| eval kernel change, % | eval pixel FD ratio | align s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for line in path.read_text().splitlines():
         r = json.loads(line)
+        held = "—" if r.get("holdout_ratio") is None else f"{r['holdout_ratio']:.3f}"  # rows before 5f456be lack it
         if r["verdict"] == "unchanged":
-            print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | (plain) | unchanged (0) | — | — | — | — | — "
+            print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | (plain) | {held} | unchanged (0) | — | — | — | — | — "
                   f"| {r['align_s']:.0f} |")
             continue
         c, k, e = r["changes"]["end_l2"], r["changes"]["kernel"], r["eval"]
@@ -88,7 +89,7 @@ def table(path: Path) -> None:
         ek = "—" if e is None else interval(e["kernel_change_interval"], 100)
         fd = "—" if e is None else f"{e['frechet_pixel'][1] / e['frechet_pixel'][0]:.3f}"
         kc = "—" if k["change"] is None else f"{k['change'] * 100:+.0f} {interval(k['interval'], 100)}"
-        print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | {r['candidate']} | {r['verdict']} ({r['verdict_samples']}) "
+        print(f"| {r['model']} | {r['trajectory']} | {r['nfe']} | {r['candidate']} | {held} | {r['verdict']} ({r['verdict_samples']}) "
               f"| {c['change'] * 100:+.1f} {interval(c['interval'], 100)} | {kc} | {ev} | {ek} | {fd} | {r['align_s']:.0f} |")
 
 

@@ -116,7 +116,8 @@ def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool
                    nfe: int | None = None, **overrides) -> FitConfig:
     """The fit settings of ``preset`` with ``overrides`` (None values ignored); ``stochastic``:
     whether the sampler draws noise (decides what ``default`` means); ``sampler`` and ``nfe``, the
-    request (``default`` for DDIM at NFE <= SMALL_NFE is the joint fit with SMALL_NFE_JOINT)."""
+    request (``default`` for DDIM at NFE <= SMALL_NFE is the joint fit with SMALL_NFE_JOINT; at NFE <= RETRY_NFE
+    it retries a fit that gains less than RETRY_GAIN, unless ``iterations`` is given)."""
     if preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
     few = retry = False
