@@ -140,11 +140,12 @@ def main() -> None:
                     if artifact.trajectory.fitted:
                         plan = plan.with_grid(artifact.trajectory.timesteps, model.eps.schedule)
                     v = artifact.validation
+                    held = artifact.fit.loss_after[0] / artifact.fit.loss_before[0]  # the fit's held-out ratio, winner / plain
                     line = (f"{name:24} {plan.sampler:12} {trajectory:9} nfe={nfe:<3} {artifact.fit.candidate or '-':9} align {align_s:5.0f}s  "
-                            f"held-out x{artifact.fit.loss_after[0] / artifact.fit.loss_before[0]:.3f}  "
+                            f"held-out x{held:.3f}  "
                             f"{v.summary()}")
                     row = {"model": name, "sampler": plan.sampler, "fit_overrides": overrides, "sample_scale": scale, "trajectory": trajectory, "nfe": nfe, "candidate": artifact.fit.candidate,
-                           "holdout_ratio": round(artifact.fit.loss_after[0] / artifact.fit.loss_before[0], 4),
+                           "holdout_ratio": round(held, 4),
                            "candidates": {k: c.model_dump() for k, c in (artifact.fit.candidates or {}).items()},
                            "align_s": round(align_s, 1), "verdict": v.verdict,
                            "verdict_samples": v.num_samples, "changes": {m: c.model_dump() for m, c in v.changes.items()},

@@ -110,6 +110,8 @@ SMALL_NFE_JOINT = {"lr": 0.02, "iterations": 80}
 # gains 10% or more (the demo) takes exactly the steps it took before.
 RETRY_NFE = 10
 RETRY_GAIN = 0.1
+# Options of the joint fit only, 0 meaning off: what each does, for the error when given with another objective.
+JOINT_ONLY = {"patience": "--patience stops joint fits early", "retry_gain": "--retry-gain retries joint fits"}
 
 
 def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool = False, sampler: str | None = None,
@@ -148,14 +150,11 @@ def resolve_config(preset: str, strategy: str | None = None, *, stochastic: bool
     if overrides.get("checkpointing") and values["objective"] != "joint":
         raise UsageError("--gradient-checkpointing saves the joint fit's memory; the per-step fits keep no gradients "
                          "through the network: drop it, or use the default or --preset joint")
-    if overrides.get("patience") is not None and values["objective"] != "joint":
-        raise UsageError("--patience stops joint fits early; use it with the default or --preset joint")
-    if overrides.get("retry_gain") is not None and values["objective"] != "joint":
-        raise UsageError("--retry-gain retries joint fits; use it with the default or --preset joint")
-    if values.get("patience") == 0:  # 0: run every planned step
-        values["patience"] = None
-    if values.get("retry_gain") == 0:  # 0: never retry
-        values["retry_gain"] = None
+    for field, what in JOINT_ONLY.items():
+        if overrides.get(field) is not None and values["objective"] != "joint":
+            raise UsageError(f"{what}; use it with the default or --preset joint")
+        if values.get(field) == 0:  # 0: off (run every planned step, never retry)
+            values[field] = None
     if values["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {values['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     try:
