@@ -170,7 +170,8 @@ def test_the_default_for_ddim_up_to_nfe_10_retries_a_fit_that_gains_little():
     not above NFE 10, for other samplers, for an explicit preset or budget; 0 switches it off."""
     for nfe in (3, 5, 10):
         config = resolve_config("default", sampler="ddim", nfe=nfe)
-        assert (config.retry_gain, config.retry_iterations, config.retry_lr) == (0.1, 300, 0.05)
+        assert (config.retry_gain, config.retry_iterations, config.retry_lr, config.retry_samples, config.retry_holdout) \
+            == (0.1, 1000, 0.05, 512, 256)
     for config in (resolve_config("default", sampler="ddim", nfe=11), resolve_config("default"),
                    resolve_config("default", sampler="dpm-solver-2", nfe=5),
                    resolve_config("default", sampler="ddim", nfe=5, iterations=80),
@@ -189,14 +190,20 @@ def test_a_retry_adds_longer_fits_and_the_lowest_held_out_loss_of_all_wins(gmm_e
             seen[message.split(":")[0][len("joint "):]] = total
 
     def fit(retry_gain):
-        config = resolve_config("default", iterations=4, num_samples=16, retry_gain=retry_gain, retry_iterations=6)
+        config = resolve_config("default", iterations=4, num_samples=16, retry_gain=retry_gain, retry_iterations=6,
+                                retry_samples=40, retry_holdout=48)
         return fit_taus(gmm_eps, gmm_eps.schedule, grid, "ddim", 0.0, config, SHAPE, progress=progress)
 
     plain = fit(None)
     assert set(plain.candidates) == {"taus", "grid+taus"}
     retried = fit(1.0)  # every fit gains less than 100%: always retried
     assert seen == {"taus": 4, "grid+taus": 4, "taus (retry)": 6, "grid+taus (retry)": 6}
-    assert {k: retried.candidates[k] for k in plain.candidates} == plain.candidates  # the first round unchanged
+    for k, first in plain.candidates.items():  # the first round unchanged, then judged on the larger held-out set
+        again = retried.candidates[k]
+        assert (again.best_iteration, again.steps) == (first.best_iteration, first.steps)
+        assert again.holdout_loss != first.holdout_loss
+    assert (plain.num_samples, retried.num_samples) == (28, 40)  # the retry's pool: the first one and 12 fresh noises
+    assert retried.loss_before[0] != plain.loss_before[0]  # the plain sampler judged on 48 held-out noises, not 32
     best = min(retried.candidates, key=lambda k: retried.candidates[k].holdout_loss)
     assert retried.candidate == best and retried.loss_after[0] == retried.candidates[best].holdout_loss
     assert (retried.grid is None) == best.startswith("taus")
