@@ -264,18 +264,18 @@ class Batch:
     def size(self) -> int:
         return self.x_t.shape[0]
 
+    def parts(self) -> tuple[torch.Tensor | None, ...]:
+        return self.x_t, self.noise, self.labels, self.target
+
     def select(self, idx: slice | torch.Tensor) -> "Batch":
-        return Batch(*(None if v is None else v[idx] for v in (self.x_t, self.noise, self.labels, self.target)))
+        return Batch(*(None if v is None else v[idx] for v in self.parts()))
 
     def batches(self, batch_size: int):
         for i in range(0, self.size, batch_size):
             yield self.select(slice(i, i + batch_size))
 
-    @staticmethod
-    def concat(first: "Batch", second: "Batch") -> "Batch":
-        return Batch(*(None if a is None else torch.cat([a, b]) for a, b in
-                       zip((first.x_t, first.noise, first.labels, first.target),
-                           (second.x_t, second.noise, second.labels, second.target))))
+    def concat(self, more: "Batch") -> "Batch":
+        return Batch(*(None if a is None else torch.cat([a, b]) for a, b in zip(self.parts(), more.parts())))
 
 
 BatchSource = Callable[[], Batch]
@@ -350,7 +350,7 @@ class FitResult:
     grid: list[float] | None = None  # the fitted grid (K+1 points, same ends) when the winner fits it
     candidate: str | None = None  # joint: the winning candidate
     candidates: dict[str, CandidateFit] | None = None  # joint: every candidate's held-out result
-    num_samples: int | None = None  # joint: the fitting pool's size (at least config.num_samples)
+    num_samples: int | None = None  # joint: the fitting pool's size (at least config.num_samples; after a retry, its pool)
 
 
 def fit_taus(
@@ -586,7 +586,7 @@ def fit_joint(
     plain = holdout_loss(base, nominal)
     fits: dict[str, tuple[CandidateFit, torch.Tensor, torch.Tensor]] = {}
 
-    def fit_all(settings: FitConfig, suffix: str) -> None:
+    def fit_all(settings: FitConfig, suffix: str, pool: Batch, holdout_loss, plain: float) -> None:
         for k, name in enumerate(sorted(names, key=JOINT_CANDIDATES.index)):
             # grid+taus starts where the taus alone ended (when fitted): the grid then only has to add to it
             warm = fits.get("taus" + suffix) if name == "grid+taus" else None
@@ -596,21 +596,22 @@ def fit_joint(
     def best() -> str:
         return min(fits, key=lambda label: fits[label][0].holdout_loss)
 
-    fit_all(config, "")
+    fit_all(config, "", pool, holdout_loss, plain)
     if config.retry_gain is not None and fits[best()][0].holdout_loss > (1 - config.retry_gain) * plain:
         # too small a gain: a longer fit of every candidate on a larger pool, and every candidate of both rounds
         # judged on more held-out noises (the first pool and held-out noises plus fresh ones)
         more_pool, more_held = max(0, config.retry_samples - n), max(0, config.retry_holdout - config.holdout)
         if more_pool + more_held:
             extra = noises(more_pool + more_held)
-            pool = Batch.concat(pool, extra.select(slice(0, more_pool)))
-            holdout = Batch.concat(holdout, extra.select(slice(more_pool, None)))
+            pool = pool.concat(extra.select(slice(0, more_pool)))
+            holdout = holdout.concat(extra.select(slice(more_pool, None)))
             holdout_loss = scorer(holdout)
             plain = holdout_loss(base, nominal)
             fits.update({label: (fit.model_copy(update={"holdout_loss": holdout_loss(g, taus)}), g, taus)
                          for label, (fit, g, taus) in fits.items()})
         fit_all(config.model_copy(update={"iterations": config.retry_iterations, "lr": config.retry_lr,
-                                          "continue_iterations": None, "continue_lr": None}), RETRIED)
+                                          "continue_iterations": None, "continue_lr": None}), RETRIED,
+                pool, holdout_loss, plain)
     winner = best()
     result, fitted_grid, fitted = fits[winner]
     if progress:
