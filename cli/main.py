@@ -48,7 +48,7 @@ from dpm_align.aligner_core.images import check_out_dir, prepare_out_dir
 from dpm_align.aligner_core.artifacts.inspection import inspect_rows
 from dpm_align.aligner_core.artifacts.plots import plot_ablation, plot_artifact, plot_gap
 from dpm_align.aligner_core.models.loading import load_model, resolve_device
-from dpm_align.aligner_core.resources import peak_memory
+from dpm_align.aligner_core.resources import peak_memory, reuse_freed_host_memory
 from dpm_align.aligner_core.models.model import PRECISIONS, TextConditioning, check_precision
 from dpm_align.aligner_core.models.pipelines import read_prompts
 from dpm_align.aligner_core.sample_dir import FORMATS
@@ -544,6 +544,7 @@ def eval_cmd(
 
 def run() -> None:
     """The console script: Typer/Click usage errors too become one ``error:`` line and exit code 2."""
+    reuse_freed_host_memory()
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -1,11 +1,16 @@
-"""Memory for big networks: gradient checkpointing of the joint fit, and the peak memory that
-``align`` and ``sample`` report."""
+"""Memory for big networks: gradient checkpointing of the joint fit, the peak memory that ``align``
+and ``sample`` report, and the host allocator setting of the command line."""
 
 import json
+import platform
+import sys
 
 import pytest
 import torch
 
+from dpm_align.aligner_core import resources
+from dpm_align.aligner_core.resources import reuse_freed_host_memory
+from dpm_align.cli import main as cli_main
 from dpm_align.aligner_core.fitting.fit import fit_taus, resolve_config
 from dpm_align.aligner_core.models.loading import load_model
 from dpm_align.aligner_core.sampling.trajectory import make_grid
@@ -66,3 +71,22 @@ def test_align_in_bf16_records_its_precision(cli, tiny_ckpt, tmp_path):
     one_line_error(cli("align", "--model", tiny_ckpt, "--nfe", "3", "--precision", "fp16", "--no-cache", "--out",
                        tmp_path / "x.json", "--quiet", "--device", "cpu"), 2, "--precision fp16 needs a CUDA device")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_command_line_lets_glibc_reuse_freed_host_memory(monkeypatch):
+    """On glibc the setting takes (and may be repeated); where the C library is not glibc (macOS,
+    musl) nothing is set and nothing fails. The console script sets it before any command."""
+    if platform.libc_ver()[0] == "glibc":
+        assert reuse_freed_host_memory() and reuse_freed_host_memory()
+    calls = []
+    monkeypatch.setattr(cli_main, "reuse_freed_host_memory", lambda: calls.append(True))
+    monkeypatch.setattr(sys, "argv", ["dpm-align", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        cli_main.run()
+    assert exited.value.code == 0 and calls == [True]
+
+    def no_glibc(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(resources.ctypes, "CDLL", no_glibc)
+    assert reuse_freed_host_memory() is False
