@@ -220,7 +220,7 @@ def test_inspect_plot(cli, aligned, tmp_path):
 # ------------------------------------------------------------------ self-validation
 def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
     result = cli("align", "--model", "gmm", "--nfe", "5", "--trajectory", "quadratic", "--out", tmp_path / "t.json",
-                 "--validation-samples", "64", "--device", "cpu", "--quiet", "--json")
+                 "--device", "cpu", "--quiet", "--json")
     assert result.exit_code == 0, result.output
     document = parse_json(result)
     validation = document["artifact"]["validation"]
@@ -230,6 +230,7 @@ def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
     assert change["interval"][0] < change["change"] < change["interval"][1] < 0
     assert change["change"] == pytest.approx(validation["aligned"]["end_l2"] / validation["baseline"]["end_l2"] - 1)
     assert validation["num_samples"] == 64 and validation["looks"] == [64] and validation["confidence"] == 0.95
+    assert validation["interval_level"] == pytest.approx(0.995)  # the first look spends a tenth of the 5%
     assert validation["reference"]["nfe"] == 100 and 0 < validation["reference"]["error_l2"] < 0.1
     assert read_artifact(tmp_path / "t.json").validation.better
 

@@ -80,6 +80,19 @@ def test_looks_double_up_to_the_maximum():
     assert ValidationSettings(64, 64).looks() == [64] and ValidationSettings(600, 512).looks() == [600]
 
 
+def test_the_first_look_spends_a_tenth_of_the_error_rate():
+    """Bonferroni over the looks: the first (smallest) look's interval is at 99.5%, the later ones
+    share the other 4.5%; one look spends all of it; equal shares are first_look_share = 1 / looks."""
+    default = ValidationSettings()
+    assert default.looks() == [64, 128, 256, 512]
+    assert default.levels() == pytest.approx([0.995, 0.985, 0.985, 0.985])
+    assert sum(1 - level for level in default.levels()) == pytest.approx(1 - default.confidence)
+    assert ValidationSettings(64, 64).levels() == [0.95]
+    assert ValidationSettings(128, 512, first_look_share=1 / 3).levels() == pytest.approx([1 - 0.05 / 3] * 3)
+    with pytest.raises(ValueError, match="first_look_share must be in"):
+        ValidationSettings(first_look_share=1.0)
+
+
 # ---------------------------------------------------------------- calibration on the exact mixture
 def test_verdict_error_rates_on_the_exact_mixture():
     """24 perturbed tau sets on the uniform 5-step grid, each judged twice on fresh held-out seeds

@@ -16,8 +16,10 @@ deciding metric's interval is below 0 (and none is worse), else *inconclusive*. 
 is not meaningful for them (it is still recorded).
 
 Sequential: the rule is checked at ``num_samples``, twice that, ... up to ``max_samples`` (and
-within ``budget_s``); each look uses a (1 - (1 - confidence) / looks) interval (Bonferroni over the
-planned looks), so a sampler that is not better is accepted with probability at most
+within ``budget_s``). The planned looks split the error rate 1 - confidence (Bonferroni): the
+first, smallest look spends ``first_look_share`` of it (a tenth: a stricter interval, so only a
+clear result stops there, where a heavy tail is least likely to have been seen), the later looks
+share the rest equally. So a sampler that is not better is accepted with probability at most
 (1 - confidence) / 2 when the intervals hold their level. Inconclusive at the last look = not
 shown better.
 """
@@ -45,11 +47,16 @@ METRIC_WORDS = {"end_l2": "end-point error", "kernel": "kernel distance", "frech
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    num_samples: int = 128  # the first look
+    num_samples: int = 64  # the first look
     max_samples: int = 512  # the last look
     reference_nfe: int = 100  # network evaluations of the reference, at least
     confidence: float = 0.95  # family-wise over the looks
     budget_s: float | None = None  # no further look once the next would end past this (None: no limit)
+    first_look_share: float = 0.1  # of the error rate 1 - confidence, spent at the first look (1 / looks: equal shares)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_look_share < 1:
+            raise ValueError(f"first_look_share must be in (0, 1), got {self.first_look_share}")
 
     def looks(self) -> list[int]:
         """Sample counts at which the rule is checked: n, 2n, 4n, ... and max_samples last."""
@@ -58,6 +65,14 @@ class ValidationSettings:
             counts.append(n)
             n *= 2
         return [*counts, max(self.max_samples, self.num_samples)]
+
+    def levels(self) -> list[float]:
+        """Each look's interval level: the first spends ``first_look_share`` of 1 - confidence, the
+        later looks share the rest equally (one look spends it all)."""
+        looks, alpha = len(self.looks()), 1 - self.confidence
+        if looks == 1:
+            return [self.confidence]
+        return [1 - alpha * self.first_look_share] + [1 - alpha * (1 - self.first_look_share) / (looks - 1)] * (looks - 1)
 
 
 class MetricVerdict(BaseModel):
@@ -104,6 +119,7 @@ class Validation(BaseModel):
     aligned: dict[str, float]
     changes: dict[str, MetricVerdict]
     confidence: float | None  # family-wise confidence of the intervals' verdict (None: schema v3, none)
+    interval_level: float | None = None  # the level of the intervals above, the last look's (None: not recorded)
     num_samples: int
     looks: list[int]  # sample counts at which the rule was checked
     seed: int
@@ -201,8 +217,7 @@ def validate(
     candidates = {"baseline": None, "aligned": taus if aligned_grid is None else (aligned_grid, taus)}
     ends = [grid[0], grid[-1]]  # the reference solves [t_K, t_0] in one piece: only end points are compared
     decided_by = deciding_metrics(sampler, eta)
-    looks = settings.looks()
-    level = 1 - (1 - settings.confidence) / len(looks)
+    looks, levels = settings.looks(), settings.levels()
     points_of: dict[str, list[torch.Tensor]] = {"reference": [], "baseline": [], "aligned": []}
     start, done, checked = time.perf_counter(), 0, []
     for look, n in enumerate(looks):
@@ -223,6 +238,7 @@ def validate(
         checked.append(n)
         points = {name: eps.delivered(torch.cat(chunks)) for name, chunks in points_of.items()}
         errors = {name: (points[name] - points["reference"]).flatten(1).norm(dim=1) for name in ("baseline", "aligned")}
+        level = levels[look]
         changes = {"end_l2": mean_ratio_change(errors["baseline"], errors["aligned"], level),
                    "kernel": kernel_change(points["baseline"], points["aligned"], points["reference"], level)}
         verdict = decide(changes, decided_by)
@@ -239,7 +255,7 @@ def validate(
         verdict=verdict, better=verdict == "better", metrics=["end_l2", "kernel"], decided_by=decided_by,
         baseline={m: c.baseline for m, c in changes.items()}, aligned={m: c.aligned for m, c in changes.items()},
         changes={m: MetricVerdict.of(c) for m, c in changes.items()}, confidence=settings.confidence,
-        num_samples=done, looks=checked, seed=seed, data_range=eps.data_range,
+        interval_level=level, num_samples=done, looks=checked, seed=seed, data_range=eps.data_range,
         reference_rms=reference_rms(torch.cat(points_of["reference"])),
         reference=ReferenceInfo(solver=REFERENCE_DESCRIPTION,
                                 nfe=reference_nfe_of(ends, settings.reference_nfe, eps.schedule), error_l2=error,
