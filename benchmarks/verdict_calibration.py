@@ -2,7 +2,7 @@
 
     python benchmarks/verdict_calibration.py [--model gmm:dim=16,components=4,seed=3] [--nfe 5 10]
         [--trajectories uniform quadratic] [--directions 16] [--scales 0.01 0.03 0.1 0.3] [--repeats 3]
-        [--samples 128 512] [--reference-nfe 100] [--truth-samples 2048] [--threads 2]
+        [--samples 64 512] [--reference-nfe 100] [--truth-samples 2048] [--threads 2]
 
 Per grid: tau sets perturbed around the plain times (``calibration.perturbed_taus``), each one's
 truth from --truth-samples noises (the kernel's from 2048 of them), each judged --repeats times on fresh held-out seeds by the default rule
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--directions", type=int, default=16)
     ap.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--samples", type=int, nargs=2, default=[128, 512], help="first and last look (align's default)")
+    ap.add_argument("--samples", type=int, nargs=2, default=[64, 512], help="first and last look (align's default)")
     ap.add_argument("--reference-nfe", type=int, default=100, help="evaluations of the verdict's reference (align's default)")
     ap.add_argument("--truth-samples", type=int, default=2048,
                     help="noises of each tau set's truth (more: fewer near-ties the truth cannot place on a side of 1)")

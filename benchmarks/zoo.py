@@ -6,7 +6,7 @@
         [--set key=value ...] [--sampler ddim]
 
 For every zoo model x trajectory x NFE (``--sampler``, DDIM by default; seed 0): the default `align` with its default verdict
-(held-out seeds, 128 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
+(held-out seeds, 64 -> 512 samples), then `eval` of the artifact on other seeds (7) with more
 samples (only on --eval-trajectories, to save time on CPU): the end-point ratio and the kernel
 distance with their 95% intervals. Per model it first prints whether the model's own samples are
 sane: RMS and largest |x| of 16 reference samples (data in [-1, 1]; a model whose ODE runs off to

@@ -233,6 +233,8 @@ def test_align_validates_on_held_out_seeds_and_records_it(cli, tmp_path):
     assert validation["interval_level"] == pytest.approx(0.995)  # the first look spends a tenth of the 5%
     assert validation["reference"]["nfe"] == 100 and 0 < validation["reference"]["error_l2"] < 0.1
     assert read_artifact(tmp_path / "t.json").validation.better
+    summary = read_artifact(tmp_path / "t.json").validation.summary()
+    assert "(64 held-out samples, 99.5% intervals, 95% family-wise): better" in summary
 
 
 def test_align_refuses_to_write_taus_that_validate_worse(cli, tiny_ckpt, tmp_path, isolated_cache, monkeypatch):

@@ -1,7 +1,7 @@
 """Slow checks that ``align``'s verdict agrees with a large-sample ``eval`` (not in the default
 run: `pytest -m slow`).
 
-For every row the default ``align`` (verdict on 128 -> 512 held-out samples) is compared with the
+For every row the default ``align`` (verdict on 64 -> 512 held-out samples) is compared with the
 truth that ``eval`` measures on 512 other samples against a 200-evaluation reference: a "better"
 verdict needs the large sample's end-point interval below 1 and its kernel-distance interval not
 entirely above the verdict's 10% margin, a "worse" one must not come with a

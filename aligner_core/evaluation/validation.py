@@ -128,10 +128,13 @@ class Validation(BaseModel):
     reference_rms: float | None = None  # RMS of the reference's end points before clamping (None: not recorded)
 
     def summary(self) -> str:
-        """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 samples)``."""
+        """What was measured, in words: ``end-point error -12.0% [-15.1%, -8.8%], ... (256 held-out
+        samples, 98.5% intervals, 95% family-wise): better``."""
         if self.verdict == "unchanged":
             return "no fit beat the plain sampler's times on the held-out noises of the fit: unchanged"
-        level = "" if self.confidence is None else f", {self.confidence:.0%} intervals"
+        level = "" if self.confidence is None else f", {self.confidence:.0%} family-wise"
+        if self.interval_level is not None:
+            level = f", {self.interval_level * 100:.3g}% intervals{level}"
         if self.data_range is not None:
             level = f", images clamped to [{self.data_range[0]:g}, {self.data_range[1]:g}]{level}"
         parts = ", ".join(self.changes[m].describe(m) for m in self.metrics)
