@@ -43,8 +43,8 @@ def reuse_freed_host_memory() -> bool:
     kernel: blocks up to 32 MiB come from the heap and the heap is never trimmed. By default glibc
     maps larger blocks afresh and trims the heap's top after frees, so on the CPU the activations
     of every batch of 64 samples are page-faulted in anew: 60 forward passes of the demo network
-    on batches of 64 took 1.3-1.7 million minor faults and 1.77-1.97 ms per sample, against 11
-    thousand and 1.27-1.40 ms with this setting (``benchmarks/demo_cost.py``, 2 rounds). The
+    on batches of 64 took 1.25-1.70 million minor faults and 1.77-1.97 ms per sample, against
+    11-16 thousand and 1.27-1.54 ms with this setting (``benchmarks/demo_cost.py``, 4 rounds). The
     results are the same bit for bit. Freed memory stays with the process: the demo's ``align``
     peaked at 635 and 713 MB of RSS, against 648 and 660 MB without (ad hoc, 2 runs each). A
     process-wide setting, so the command line sets it, not the library. False (nothing set) where
