@@ -46,7 +46,7 @@ def reuse_freed_host_memory() -> bool:
     on batches of 64 took 1.25-1.70 million minor faults and 1.77-1.97 ms per sample, against
     11-16 thousand and 1.27-1.54 ms with this setting (``benchmarks/demo_cost.py``, 4 rounds). The
     results are the same bit for bit. Freed memory stays with the process: the demo's ``align``
-    peaked at 635 and 713 MB of RSS, against 648 and 660 MB without (ad hoc, 2 runs each). A
+    peaked at 622 and 645 MiB, against 659 and 608 MiB without (the same benchmark, one round). A
     process-wide setting, so the command line sets it, not the library. False (nothing set) where
     the C library is not glibc."""
     try:

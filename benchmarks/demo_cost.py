@@ -8,21 +8,24 @@
    with glibc's default allocator and with the command line's setting, alternately: ms per sample
    and minor page faults.
 2. The README's command in fresh processes, four arms alternately per round: the verdict's first
-   look at 128 samples (before 2026-11-30) or 64 (the default since), each with glibc's default
-   allocator or the command line's setting. Prints every wall time, the medians and their ratio to
-   the arm that is the code before 2026-11-30 (first look 128, default allocator; its verdict is
-   checked at the same 128 samples, with a 99.5% interval where that code used 98.3%).
+   look at 128 samples (before 2026-11-29's ninth change) or 64 (the default since), each with
+   glibc's default allocator or the command line's setting. Prints every wall time and peak memory
+   (``align --json``), the medians and their ratio to the arm that is the code before (first look
+   128, default allocator; its verdict is checked at the same 128 samples, with a 99.5% interval
+   where that code used 98.3%), and whether the two allocators' artifacts differ in anything but
+   their creation time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
-
-from cpu_ratio import timed
+import time
+from pathlib import Path
 
 FORWARD = """
 import resource, sys, time, torch
@@ -60,6 +63,19 @@ def forward(allocator: str, batch: int, passes: int, kind: str) -> tuple[float, 
     return float(out[0]), int(out[1])
 
 
+def run_align(entry: list[str], first_look: int, out: Path) -> tuple[float, float]:
+    """The README's command (one arm): wall seconds and the peak memory it reports (MiB)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *entry, "align", "--nfe", "10", "--no-cache", "--out", str(out),
+                           "--validation-samples", str(first_look), "--json"], check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, json.loads(done.stdout)["peak_memory"]["mib"]
+
+
+def same_but_created(a: Path, b: Path) -> bool:
+    first, second = (json.loads(p.read_text()) for p in (a, b))
+    return {k: v for k, v in first.items() if k != "created"} == {k: v for k, v in second.items() if k != "created"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
@@ -76,11 +92,14 @@ def main() -> None:
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for arm, (default_allocator, first_look) in ARMS.items():
+            for k, (arm, (default_allocator, first_look)) in enumerate(ARMS.items()):
                 entry = ["-c", DEFAULT_ALLOCATOR] if default_allocator else ["-m", "dpm_align.cli"]
-                times[arm].append(timed([sys.executable, *entry, "align", "--nfe", "10", "--no-cache", "--out",
-                                         f"{tmp}/t.json", "--validation-samples", str(first_look)]))
-                print(f"round {r + 1}: {arm}: {times[arm][-1]:.1f} s", flush=True)
+                seconds, mib = run_align(entry, first_look, Path(tmp) / f"{k}.json")
+                times[arm].append(seconds)
+                print(f"round {r + 1}: {arm}: {seconds:.1f} s, peak memory {mib:.0f} MiB", flush=True)
+        for k in (0, 2):  # the same first look, the two allocators
+            print(f"artifacts of '{list(ARMS)[k]}' and '{list(ARMS)[k + 1]}' equal but for their creation time: "
+                  f"{same_but_created(Path(tmp) / f'{k}.json', Path(tmp) / f'{k + 1}.json')}")
     before = statistics.median(next(iter(times.values())))
     for arm, walls in times.items():
         median = statistics.median(walls)

@@ -44,7 +44,7 @@ def judged_by_every_rule(model, plan, config) -> dict[str, dict]:
             v = real(*head, settings, *tail, **kwargs)
             rows[name] = {"verdict": v.verdict, "samples": v.num_samples, "looks": v.looks, "level": v.interval_level,
                           "end_l2": v.changes["end_l2"].model_dump(), "kernel": v.changes["kernel"].model_dump(),
-                          "seconds": round(time.perf_counter() - start, 2)}
+                          "seconds": round(time.perf_counter() - start, 2), "summary": v.summary()}
         return v
 
     api.validate = every_rule
@@ -53,16 +53,9 @@ def judged_by_every_rule(model, plan, config) -> dict[str, dict]:
     finally:
         api.validate = real
     if artifact.validation.verdict == "unchanged":
-        rows = {name: {"verdict": "unchanged", "samples": 0, "seconds": 0.0} for name in RULES}
+        rows = {name: {"verdict": "unchanged", "samples": 0, "seconds": 0.0, "summary": artifact.validation.summary()}
+                for name in RULES}
     return {"candidate": artifact.fit.candidate, "rules": rows}
-
-
-def describe(rule: dict) -> str:
-    if rule["verdict"] == "unchanged":
-        return "unchanged"
-    end, kernel = rule["end_l2"], rule["kernel"]
-    ends = lambda c: "—" if c["interval"] is None else f"{c['change']:+.1%} [{c['interval'][0]:+.1%}, {c['interval'][1]:+.1%}]"  # noqa: E731
-    return f"{rule['verdict']} ({rule['samples']}, {rule['seconds']:.1f} s): end {ends(end)}, kernel {ends(kernel)}"
 
 
 def main() -> None:
@@ -101,7 +94,8 @@ def main() -> None:
                         samples[rule] += r["samples"]
                         seconds[rule] += r["seconds"]
                     print(f"{name} {trajectory} {nfe} ({row['candidate']}): "
-                          + "; ".join(f"{rule}: {describe(r)}" for rule, r in row["rules"].items()), flush=True)
+                          + "; ".join(f"{rule} ({r['seconds']:.1f} s): {r['summary']}" for rule, r in row["rules"].items()),
+                          flush=True)
     print(f"verdicts ({', '.join(RULES)}): {dict(agree)}")
     for rule in RULES:
         print(f"{rule}: {samples[rule]} held-out samples, {seconds[rule]:.0f} s of verdicts in all")
